@@ -1,0 +1,3 @@
+//! Failures for real: SIGKILL, SIGSTOP, broker and coordinator restarts, against real worker processes.
+
+mod failover;

@@ -1,0 +1,164 @@
+//! The orchestrator's command line and environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+// One place for each default, shared by the clap attributes and `Config::defaults`.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8083";
+const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+const DEFAULT_ZK: &str = "127.0.0.1:2181";
+const DEFAULT_DATA_DIR: &str = "./data/orchestrator";
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
+const DEFAULT_INITIAL_SLAVES: usize = 1;
+
+/// RideShare orchestrator: the database API (`db/read`, `db/write`) and control of the worker cluster.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "orchestrator", version)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "RIDESHARE_ORCHESTRATOR_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// RabbitMQ URL; the virtual host is URL-encoded (`%2f` is `/`). Also handed to every worker started.
+    #[arg(long, env = "RIDESHARE_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+
+    /// ZooKeeper address (HOST:PORT). Also handed to every worker started.
+    #[arg(long, env = "RIDESHARE_ZK", default_value = DEFAULT_ZK)]
+    pub zk: String,
+
+    /// Prefix of every queue and znode, so several clusters can share one broker and one ZooKeeper
+    /// ([A-Za-z0-9_-]).
+    #[arg(long, env = "RIDESHARE_NAMESPACE", default_value = protocol::names::DEFAULT_NAMESPACE,
+          value_parser = parse_namespace)]
+    pub namespace: String,
+
+    /// Directory under which each worker started gets its own data directory, `<DATA_DIR>/workers/<id>`.
+    #[arg(long, env = "RIDESHARE_ORCHESTRATOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// The worker binary to start workers from [default: the `worker` file next to this executable].
+    #[arg(long, env = "RIDESHARE_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+
+    /// How long a `db/read` or `db/write` waits for a worker's answer before giving up with 503. Also the
+    /// expiration of the request message, so a request nobody took in time is dropped rather than run late.
+    #[arg(long, env = "RIDESHARE_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Number of slaves started next to the master when ZooKeeper shows no cluster at all.
+    #[arg(long, env = "RIDESHARE_INITIAL_SLAVES", default_value_t = DEFAULT_INITIAL_SLAVES)]
+    pub initial_slaves: usize,
+
+    /// Kill the workers this process started when it shuts down. Off by default: workers outlive an
+    /// orchestrator restart, so the database stays up while the orchestrator is replaced.
+    #[arg(
+        long,
+        env = "RIDESHARE_STOP_WORKERS_ON_SHUTDOWN",
+        default_value_t = false
+    )]
+    pub stop_workers_on_shutdown: bool,
+}
+
+impl Config {
+    /// The defaults, as if run with no flags and an empty environment (this does not read the environment);
+    /// for tests that change a few fields.
+    pub fn defaults() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
+            amqp_url: DEFAULT_AMQP_URL.to_owned(),
+            zk: DEFAULT_ZK.to_owned(),
+            namespace: protocol::names::DEFAULT_NAMESPACE.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            worker_bin: None,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            initial_slaves: DEFAULT_INITIAL_SLAVES,
+            stop_workers_on_shutdown: false,
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The worker binary: the configured one, else `worker` in the directory of the running executable (where
+    /// cargo puts both binaries of the workspace).
+    pub fn worker_bin(&self) -> anyhow::Result<PathBuf> {
+        if let Some(bin) = &self.worker_bin {
+            return Ok(bin.clone());
+        }
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("executable {exe:?} has no parent directory"))?;
+        Ok(dir.join("worker"))
+    }
+}
+
+/// Checked here rather than left to `Names::new`, which panics: a bad flag should be a usage error.
+fn parse_namespace(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("must be non-empty and contain only [A-Za-z0-9_-]".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_command_line_defaults() {
+        let parsed = Config::try_parse_from(["orchestrator"]).unwrap();
+        let built = Config::defaults();
+        // Compared field by field through Debug: Config has no PartialEq of its own to keep in step.
+        if std::env::vars().all(|(k, _)| !k.starts_with("RIDESHARE_")) {
+            assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+        }
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = Config::try_parse_from([
+            "orchestrator",
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            "t-1",
+            "--request-timeout-ms",
+            "200",
+            "--stop-workers-on-shutdown",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.namespace, "t-1");
+        assert_eq!(c.request_timeout(), Duration::from_millis(200));
+        assert!(c.stop_workers_on_shutdown);
+        assert_eq!(c.initial_slaves, 1);
+    }
+
+    #[test]
+    fn a_namespace_with_a_slash_is_a_usage_error() {
+        assert!(Config::try_parse_from(["orchestrator", "--namespace", "a/b"]).is_err());
+        assert!(Config::try_parse_from(["orchestrator", "--namespace", ""]).is_err());
+    }
+
+    #[test]
+    fn a_zero_timeout_is_a_usage_error() {
+        assert!(Config::try_parse_from(["orchestrator", "--request-timeout-ms", "0"]).is_err());
+    }
+}

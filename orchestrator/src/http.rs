@@ -1,0 +1,783 @@
+//! The HTTP API: routes, handlers, and the strict JSON body extractor.
+//!
+//! Handlers read the cluster from the cached ZooKeeper view (never from ZooKeeper itself) to fail fast with
+//! 503 when no worker could answer, and otherwise make one RPC to the workers over RabbitMQ.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::queue::{Command, CommandReply, ReadReply};
+use protocol::{Names, ReadRequest, ReadResponse, WorkerInfo, WriteRequest, WriteResponse};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::rpc::Rpc;
+use crate::view::ClusterView;
+
+/// Largest request body accepted. Above the 64 KiB of the public services: a `db/write` batches the
+/// statements of one service request, and schema creation travels as one write.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Longest `Idempotency-Key` accepted; keys are stored by the master, so they must stay small.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// What every handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub rpc: Arc<dyn Rpc>,
+    pub view: watch::Receiver<ClusterView>,
+    pub names: Names,
+    /// How long a request waits for a worker before answering 503.
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/v1/db/write", post(write))
+        .route("/api/v1/db/read", post(read))
+        .route("/api/v1/db/clear", post(clear))
+        .route("/api/v1/worker/list", get(worker_list))
+        .route("/api/v1/workers", get(workers))
+        // Must come after the routes: it applies to the method routers registered so far. axum still adds
+        // the `Allow` header to what it returns.
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(|| async { Error::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// `{}`, the body of answers that carry nothing.
+#[derive(Serialize)]
+struct Empty {}
+
+async fn health(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
+    let view = state.view.borrow();
+    if view.master.is_none() {
+        return Err(Error::NoMaster);
+    }
+    if view.in_sync_members().is_empty() {
+        return Err(Error::NoSlaveInSync);
+    }
+    Ok(Json(Empty {}))
+}
+
+async fn write(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<WriteRequest>,
+) -> Result<Json<WriteResponse>, Error> {
+    // Without a key from the client one is made up, so that a redelivery by the broker still applies once.
+    let key = idempotency_key(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let reply = state
+        .command(Command::Write {
+            key,
+            statements: request.statements,
+        })
+        .await?;
+    match reply {
+        CommandReply::Written(response) => Ok(Json(response)),
+        other => Err(command_failure(other)),
+    }
+}
+
+async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
+    let key = uuid::Uuid::new_v4().to_string();
+    match state.command(Command::Clear { key }).await? {
+        CommandReply::Written(_) => Ok(Json(Empty {})),
+        other => Err(command_failure(other)),
+    }
+}
+
+async fn read(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<ReadRequest>,
+) -> Result<Json<ReadResponse>, Error> {
+    if state.view.borrow().in_sync_members().is_empty() {
+        return Err(Error::NoSlaveInSync);
+    }
+    let reply: ReadReply = state.call(state.names.read_queue(), &request).await?;
+    match reply {
+        ReadReply::Rows(rows) => Ok(Json(rows)),
+        ReadReply::Rejected { error } => Err(Error::BadRequest(error)),
+    }
+}
+
+async fn worker_list(State(state): State<AppState>) -> Json<Vec<u32>> {
+    Json(state.view.borrow().pids())
+}
+
+async fn workers(State(state): State<AppState>) -> Json<Vec<WorkerInfo>> {
+    Json(state.view.borrow().worker_infos())
+}
+
+impl AppState {
+    /// Sends a command to the master, failing at once when there is none.
+    async fn command(&self, command: Command) -> Result<CommandReply, Error> {
+        if self.view.borrow().master.is_none() {
+            return Err(Error::NoMaster);
+        }
+        self.call(self.names.write_queue(), &command).await
+    }
+
+    async fn call<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        queue: String,
+        request: &Req,
+    ) -> Result<Rep, Error> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("encoding a request: {e}")))?;
+        let reply = self
+            .rpc
+            .call(&queue, body, self.request_timeout)
+            .await
+            .map_err(|e| Error::Unavailable(anyhow::anyhow!("request on {queue}: {e}")))?;
+        serde_json::from_slice(&reply).map_err(|e| {
+            Error::Internal(anyhow::anyhow!(
+                "unreadable reply on {queue}: {e}: {}",
+                String::from_utf8_lossy(&reply[..reply.len().min(200)])
+            ))
+        })
+    }
+}
+
+/// The error for a command reply other than `Written`.
+fn command_failure(reply: CommandReply) -> Error {
+    match reply {
+        CommandReply::Rejected { error } => Error::BadRequest(error),
+        CommandReply::Unavailable { error } => {
+            Error::Unavailable(anyhow::anyhow!("the master answered: {error}"))
+        }
+        CommandReply::Written(_) => Error::Internal(anyhow::anyhow!("a write is not a failure")),
+        CommandReply::Snapshot(_) | CommandReply::Joined { .. } => Error::Internal(
+            anyhow::anyhow!("the master answered a write with a snapshot or join reply"),
+        ),
+    }
+}
+
+/// The `Idempotency-Key` header: `None` when absent; 1 to 200 visible ASCII characters (no spaces) when given.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Error::BadRequest(
+            "more than one Idempotency-Key header".to_owned(),
+        ));
+    }
+    let bytes = value.as_bytes();
+    let valid = (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&bytes.len())
+        && bytes.iter().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(Error::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+        )));
+    }
+    // Visible ASCII is valid UTF-8.
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A JSON body, parsed strictly (the request types reject unknown fields), with every failure a 400 and a
+/// readable reason. axum's own `Json` answers 415 for a missing content type and 422 for wrong fields;
+/// this one ignores the `Content-Type` header altogether: the body must be JSON whatever the header says.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn body_rejection(rejection: BytesRejection) -> Error {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes"))
+    } else {
+        Error::BadRequest(format!(
+            "unreadable request body: {}",
+            rejection.body_text()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use axum::http::{header, HeaderValue, Method};
+    use futures::future::BoxFuture;
+    use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
+    use protocol::{ErrorBody, Role, StatementResult, Value};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::rpc::RpcError;
+
+    /// Answers every call with the same canned reply (or error), and remembers what it was sent.
+    struct FakeRpc {
+        reply: Box<dyn Fn() -> Result<Vec<u8>, RpcError> + Send + Sync>,
+        calls: Mutex<Vec<(String, serde_json::Value)>>,
+    }
+
+    impl Rpc for FakeRpc {
+        fn call<'a>(
+            &'a self,
+            queue: &'a str,
+            body: Vec<u8>,
+            _timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+            let sent = serde_json::from_slice(&body).unwrap();
+            self.calls.lock().unwrap().push((queue.to_owned(), sent));
+            Box::pin(async move { (self.reply)() })
+        }
+    }
+
+    fn replying<T: Serialize>(reply: T) -> Arc<FakeRpc> {
+        let bytes = serde_json::to_vec(&reply).unwrap();
+        Arc::new(FakeRpc {
+            reply: Box::new(move || Ok(bytes.clone())),
+            calls: Mutex::default(),
+        })
+    }
+
+    fn failing() -> Arc<FakeRpc> {
+        Arc::new(FakeRpc {
+            reply: Box::new(|| Err(RpcError::TimedOut(Duration::from_millis(1)))),
+            calls: Mutex::default(),
+        })
+    }
+
+    fn healthy_view() -> ClusterView {
+        let mut workers = BTreeMap::new();
+        for (id, pid, role) in [("m", 200, Role::Master), ("s", 100, Role::Slave)] {
+            workers.insert(
+                id.to_owned(),
+                WorkerRecord {
+                    id: id.into(),
+                    pid,
+                    role,
+                    epoch: 1,
+                    applied_seq: 4,
+                },
+            );
+        }
+        ClusterView {
+            master: Some(MasterRecord {
+                id: "m".into(),
+                pid: 200,
+                epoch: 1,
+            }),
+            in_sync: Some(InSyncSet {
+                epoch: 1,
+                master: "m".into(),
+                members: vec!["s".into()],
+            }),
+            workers,
+        }
+    }
+
+    fn app(rpc: Arc<FakeRpc>, view: ClusterView) -> Router {
+        // A receiver still reads the last value once the sender is gone: a fixed view.
+        let (_, rx) = watch::channel(view);
+        router(AppState {
+            rpc,
+            view: rx,
+            names: Names::new("test"),
+            request_timeout: Duration::from_millis(100),
+        })
+    }
+
+    async fn send(
+        app: Router,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = app
+            .oneshot(request.body(body.into()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    fn error_of(json: &serde_json::Value) -> String {
+        serde_json::from_value::<ErrorBody>(json.clone())
+            .expect("an error body")
+            .error
+    }
+
+    const WRITE: &str = r#"{"statements": [{"sql": "insert into t values (?)", "params": [1]}]}"#;
+
+    fn written() -> CommandReply {
+        CommandReply::Written(WriteResponse {
+            results: vec![StatementResult {
+                rows_affected: 1,
+                last_insert_id: 9,
+            }],
+            seq: 3,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_unknown_route_returns_404_with_a_json_error() {
+        let (status, _, json) = send(
+            app(failing(), healthy_view()),
+            Method::GET,
+            "/api/v1/nope",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        error_of(&json);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_returns_405_with_an_allow_header() {
+        let (status, headers, json) = send(
+            app(failing(), healthy_view()),
+            Method::GET,
+            "/api/v1/db/write",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers[header::ALLOW], "POST");
+        error_of(&json);
+
+        let (status, headers, _) = send(
+            app(failing(), healthy_view()),
+            Method::DELETE,
+            "/api/v1/workers",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(headers[header::ALLOW].to_str().unwrap().contains("GET"));
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_return_400_and_reach_no_worker() {
+        let big = format!(
+            r#"{{"sql": "select ?", "params": ["{}"]}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        let cases = [
+            ("/api/v1/db/write", "".to_owned()),
+            ("/api/v1/db/write", "not json".to_owned()),
+            ("/api/v1/db/write", "[]".to_owned()),
+            ("/api/v1/db/write", r#"{"statements": 1}"#.to_owned()),
+            (
+                "/api/v1/db/write",
+                r#"{"statements": [], "x": 1}"#.to_owned(),
+            ),
+            (
+                "/api/v1/db/write",
+                r#"{"statements": [{"params": []}]}"#.to_owned(),
+            ),
+            (
+                "/api/v1/db/write",
+                r#"{"statements": [{"sql": "x", "params": [true]}]}"#.to_owned(),
+            ),
+            ("/api/v1/db/write", format!("{WRITE} trailing")),
+            ("/api/v1/db/read", r#"{"sql": 3}"#.to_owned()),
+            ("/api/v1/db/read", r#"{}"#.to_owned()),
+            (
+                "/api/v1/db/read",
+                r#"{"sql": "select 1", "extra": null}"#.to_owned(),
+            ),
+            ("/api/v1/db/read", big),
+        ];
+        for (uri, body) in cases {
+            let rpc = replying(written());
+            let (status, _, json) = send(
+                app(rpc.clone(), healthy_view()),
+                Method::POST,
+                uri,
+                &[("content-type", "application/json")],
+                body.clone(),
+            )
+            .await;
+            let shown = &body[..body.len().min(60)];
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {shown}");
+            assert!(!error_of(&json).is_empty());
+            assert!(rpc.calls.lock().unwrap().is_empty(), "{uri} {shown}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_reaches_the_master_with_the_clients_idempotency_key() {
+        let rpc = replying(written());
+        // No content type at all: accepted, the body is what counts.
+        let (status, _, json) = send(
+            app(rpc.clone(), healthy_view()),
+            Method::POST,
+            "/api/v1/db/write",
+            &[("idempotency-key", "abc-123")],
+            WRITE,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json,
+            serde_json::json!({"results": [{"rows_affected": 1, "last_insert_id": 9}], "seq": 3})
+        );
+        let calls = rpc.calls.lock().unwrap();
+        assert_eq!(calls[0].0, "test.writeQ");
+        let command: Command = serde_json::from_value(calls[0].1.clone()).unwrap();
+        assert_eq!(
+            command,
+            Command::Write {
+                key: "abc-123".into(),
+                statements: vec![protocol::Statement::new(
+                    "insert into t values (?)",
+                    vec![Value::Integer(1)]
+                )],
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_without_a_key_gets_a_fresh_one() {
+        let rpc = replying(written());
+        for _ in 0..2 {
+            let (status, _, _) = send(
+                app(rpc.clone(), healthy_view()),
+                Method::POST,
+                "/api/v1/db/write",
+                &[],
+                WRITE,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let keys: Vec<String> = rpc
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c["key"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert_ne!(keys[0], keys[1]);
+        assert!(!keys[0].is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bad_idempotency_key_returns_400() {
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1);
+        for key in ["", "has space", "tab\there", long.as_str()] {
+            let rpc = replying(written());
+            let (status, _, _) = send(
+                app(rpc.clone(), healthy_view()),
+                Method::POST,
+                "/api/v1/db/write",
+                &[("idempotency-key", key)],
+                WRITE,
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{key:?}");
+            assert!(rpc.calls.lock().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_validated() {
+        let mut h = HeaderMap::new();
+        assert!(idempotency_key(&h).unwrap().is_none());
+        h.insert("idempotency-key", HeaderValue::from_static("a"));
+        assert_eq!(idempotency_key(&h).unwrap().as_deref(), Some("a"));
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&"~".repeat(MAX_IDEMPOTENCY_KEY_LEN)).unwrap(),
+        );
+        assert!(idempotency_key(&h).unwrap().is_some());
+        h.append("idempotency-key", HeaderValue::from_static("b"));
+        assert!(idempotency_key(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert!(idempotency_key(&h).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_key_of_visible_ascii_up_to_the_limit_is_accepted(key in "[!-~]{1,200}") {
+            let mut h = HeaderMap::new();
+            h.insert("idempotency-key", HeaderValue::from_str(&key).unwrap());
+            proptest::prop_assert_eq!(idempotency_key(&h).unwrap(), Some(key));
+        }
+
+        #[test]
+        fn a_key_with_any_other_byte_is_refused(
+            prefix in "[!-~]{0,50}",
+            suffix in "[!-~]{0,50}",
+            // What a header value may hold besides visible ASCII: space, tab and obs-text.
+            bad in proptest::sample::select([b' ', b'\t'].into_iter().chain(0x80..=0xffu8).collect::<Vec<u8>>()),
+        ) {
+            let bytes = [prefix.as_bytes(), &[bad], suffix.as_bytes()].concat();
+            let mut h = HeaderMap::new();
+            h.insert("idempotency-key", HeaderValue::from_bytes(&bytes).unwrap());
+            proptest::prop_assert!(idempotency_key(&h).is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_masters_answers_map_to_statuses() {
+        let cases = [
+            (
+                CommandReply::Rejected {
+                    error: "UNIQUE constraint failed: users.name".into(),
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                CommandReply::Unavailable {
+                    error: "slave w-1 did not ack".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                CommandReply::Joined { epoch: 1, seq: 1 },
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (reply, expected) in cases {
+            let (status, _, json) = send(
+                app(replying(reply.clone()), healthy_view()),
+                Method::POST,
+                "/api/v1/db/write",
+                &[],
+                WRITE,
+            )
+            .await;
+            assert_eq!(status, expected, "{reply:?}");
+            let error = error_of(&json);
+            if expected == StatusCode::BAD_REQUEST {
+                assert!(error.contains("UNIQUE"), "{error}");
+            } else {
+                assert!(!error.contains("w-1"), "{error}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_or_garbage_from_the_workers_is_a_server_error() {
+        let (status, _, _) = send(
+            app(failing(), healthy_view()),
+            Method::POST,
+            "/api/v1/db/write",
+            &[],
+            WRITE,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _, _) = send(
+            app(failing(), healthy_view()),
+            Method::POST,
+            "/api/v1/db/read",
+            &[],
+            r#"{"sql": "select 1"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _, _) = send(
+            app(replying("garbage"), healthy_view()),
+            Method::POST,
+            "/api/v1/db/read",
+            &[],
+            r#"{"sql": "select 1"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn writes_and_clears_without_a_master_return_503_at_once() {
+        let mut view = healthy_view();
+        view.master = None;
+        for uri in ["/api/v1/db/write", "/api/v1/db/clear"] {
+            let rpc = replying(written());
+            let (status, _, json) = send(
+                app(rpc.clone(), view.clone()),
+                Method::POST,
+                uri,
+                &[],
+                WRITE,
+            )
+            .await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+            assert_eq!(error_of(&json), "no master");
+            assert!(rpc.calls.lock().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_without_an_in_sync_slave_return_503_at_once() {
+        let mut view = healthy_view();
+        view.in_sync.as_mut().unwrap().members.clear();
+        let rpc = replying(ReadReply::Rows(ReadResponse {
+            columns: vec![],
+            rows: vec![],
+        }));
+        let (status, _, json) = send(
+            app(rpc.clone(), view),
+            Method::POST,
+            "/api/v1/db/read",
+            &[],
+            r#"{"sql": "select 1"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error_of(&json), "no slave in sync");
+        assert!(rpc.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_read_goes_to_the_read_queue_and_returns_rows_or_400() {
+        let rows = ReadResponse {
+            columns: vec!["n".into()],
+            rows: vec![vec![Value::Integer(1)], vec![Value::Null]],
+        };
+        let rpc = replying(ReadReply::Rows(rows));
+        let (status, _, json) = send(
+            app(rpc.clone(), healthy_view()),
+            Method::POST,
+            "/api/v1/db/read",
+            &[],
+            r#"{"sql": "select n from t where n > ?", "params": [0]}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json,
+            serde_json::json!({"columns": ["n"], "rows": [[1], [null]]})
+        );
+        assert_eq!(rpc.calls.lock().unwrap()[0].0, "test.readQ");
+
+        let rpc = replying(ReadReply::Rejected {
+            error: "attempt to write a readonly database".into(),
+        });
+        let (status, _, json) = send(
+            app(rpc, healthy_view()),
+            Method::POST,
+            "/api/v1/db/read",
+            &[],
+            r#"{"sql": "delete from t"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(error_of(&json).contains("readonly"));
+    }
+
+    #[tokio::test]
+    async fn clear_sends_a_clear_command_with_a_fresh_key() {
+        let rpc = replying(written());
+        let (status, _, json) = send(
+            app(rpc.clone(), healthy_view()),
+            Method::POST,
+            "/api/v1/db/clear",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json, serde_json::json!({}));
+        let calls = rpc.calls.lock().unwrap();
+        assert_eq!(calls[0].1["type"], "clear");
+        assert!(!calls[0].1["key"].as_str().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_worker_lists_come_from_the_view() {
+        let (status, _, json) = send(
+            app(failing(), healthy_view()),
+            Method::GET,
+            "/api/v1/worker/list",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json, serde_json::json!([100, 200]));
+
+        let (status, _, json) = send(
+            app(failing(), healthy_view()),
+            Method::GET,
+            "/api/v1/workers",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"pid": 100, "role": "slave", "in_sync": true, "applied_seq": 4},
+                {"pid": 200, "role": "master", "in_sync": true, "applied_seq": 4}
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn health_needs_a_master_and_an_in_sync_slave() {
+        let (status, _, json) = send(
+            app(failing(), healthy_view()),
+            Method::GET,
+            "/health",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json, serde_json::json!({}));
+
+        let mut view = healthy_view();
+        view.in_sync = None;
+        let (status, _, json) = send(app(failing(), view), Method::GET, "/health", &[], "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        error_of(&json);
+
+        let (status, _, _) = send(
+            app(failing(), ClusterView::default()),
+            Method::GET,
+            "/health",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

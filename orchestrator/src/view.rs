@@ -1,0 +1,388 @@
+//! A cached view of the cluster as ZooKeeper records it: the master, the in-sync set and the worker registry.
+//!
+//! One task owns the ZooKeeper session and publishes [`ClusterView`] snapshots on a `tokio::sync::watch`
+//! channel, so the request path reads memory and never waits on ZooKeeper. The task keeps the view fresh with
+//! one persistent recursive watch on the namespace's root znode (ZooKeeper 3.6+): each event re-reads only the
+//! znode it names. Persistent watches can miss events across a reconnection (ZOOKEEPER-4698), so the whole view
+//! is also re-read after every reconnection and every [`RESYNC_INTERVAL`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
+use protocol::{Names, Role, WorkerInfo};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+
+/// Safety net against missed watch events: a full re-read costs a few small reads per worker, and a view at
+/// most this stale is harmless (it only decides whether to fail fast with 503).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long to wait for ZooKeeper at start, and between attempts to re-establish an expired session.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// What ZooKeeper says about the cluster, at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    pub master: Option<MasterRecord>,
+    pub in_sync: Option<InSyncSet>,
+    /// Registered (live) workers by id.
+    pub workers: BTreeMap<String, WorkerRecord>,
+}
+
+impl ClusterView {
+    /// The slaves allowed to serve reads: the in-sync set, but only if it was written by the current master.
+    /// The set's znode is persistent, so after a master dies it still names the old master's slaves until the
+    /// new master rewrites it; those slaves stop serving once their lease lapses, so counting them would turn
+    /// a quick 503 into a timeout.
+    pub fn in_sync_members(&self) -> &[String] {
+        match (&self.master, &self.in_sync) {
+            (Some(master), Some(set)) if set.master == master.id => &set.members,
+            _ => &[],
+        }
+    }
+
+    /// Ready to serve both reads and writes.
+    pub fn is_healthy(&self) -> bool {
+        self.master.is_some() && !self.in_sync_members().is_empty()
+    }
+
+    /// A worker's role: the master znode is the truth when there is one (a worker's own record is refreshed
+    /// only every second or so, so it lags behind a failover).
+    pub fn role_of(&self, record: &WorkerRecord) -> Role {
+        match &self.master {
+            Some(master) if master.id == record.id => Role::Master,
+            Some(_) => Role::Slave,
+            None => record.role,
+        }
+    }
+
+    /// One row per registered worker, by ascending pid.
+    pub fn worker_infos(&self) -> Vec<WorkerInfo> {
+        let members = self.in_sync_members();
+        let mut rows: Vec<WorkerInfo> = self
+            .workers
+            .values()
+            .map(|w| {
+                let role = self.role_of(w);
+                WorkerInfo {
+                    pid: w.pid,
+                    role,
+                    in_sync: role == Role::Master || members.contains(&w.id),
+                    applied_seq: w.applied_seq,
+                }
+            })
+            .collect();
+        rows.sort_by_key(|w| w.pid);
+        rows
+    }
+
+    /// The pids of all registered workers, ascending.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.workers.values().map(|w| w.pid).collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+/// Connects to ZooKeeper, reads the whole view once, and spawns the task that keeps it fresh. Returns once the
+/// first view is in, so the caller can decide on it (for instance whether a cluster must be launched).
+pub async fn spawn(
+    zk_addr: &str,
+    names: Names,
+) -> anyhow::Result<(watch::Receiver<ClusterView>, JoinHandle<()>)> {
+    let client = connect(zk_addr, &names).await?;
+    let watcher = client
+        .watch(&names.zk_root(), zk::AddWatchMode::PersistentRecursive)
+        .await
+        .context("watching the namespace in ZooKeeper")?;
+    let view = read_all(&client, &names)
+        .await
+        .context("reading the cluster from ZooKeeper")?;
+    let (tx, rx) = watch::channel(view);
+    let task = tokio::spawn(keep_fresh(zk_addr.to_owned(), names, client, watcher, tx));
+    Ok((rx, task))
+}
+
+async fn connect(zk_addr: &str, names: &Names) -> anyhow::Result<zk::Client> {
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, zk::Client::connect(zk_addr))
+        .await
+        .with_context(|| format!("timed out connecting to ZooKeeper at {zk_addr}"))?
+        .with_context(|| format!("connecting to ZooKeeper at {zk_addr}"))?;
+    // The parents of everything the workers create; making them here too means the watch and the first read
+    // see a well-formed tree even before the first worker runs.
+    let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    client
+        .mkdir(&names.zk_workers(), &options)
+        .await
+        .with_context(|| format!("creating {} in ZooKeeper", names.zk_workers()))?;
+    Ok(client)
+}
+
+/// The loop of the view task: follows events until the session ends, then reconnects. Ends when every
+/// receiver of the view is gone.
+async fn keep_fresh(
+    zk_addr: String,
+    names: Names,
+    mut client: zk::Client,
+    mut watcher: zk::PersistentWatcher,
+    tx: watch::Sender<ClusterView>,
+) {
+    loop {
+        follow_session(&client, &mut watcher, &names, &tx).await;
+        if tx.is_closed() {
+            return;
+        }
+        tracing::warn!("ZooKeeper session ended; reconnecting");
+        // Until a new session is up the view stays as last seen; ephemeral znodes may have gone meanwhile,
+        // which the first full read of the new session corrects.
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+            }
+            let attempt = async {
+                let client = connect(&zk_addr, &names).await?;
+                let watcher = client
+                    .watch(&names.zk_root(), zk::AddWatchMode::PersistentRecursive)
+                    .await?;
+                anyhow::Ok((client, watcher))
+            };
+            match attempt.await {
+                Ok((c, w)) => {
+                    client = c;
+                    watcher = w;
+                    resync(&client, &names, &tx).await;
+                    break;
+                }
+                Err(e) => tracing::warn!("reconnecting to ZooKeeper: {e:#}"),
+            }
+        }
+    }
+}
+
+/// Applies events of one session until it ends (expired, closed) or nobody reads the view any more.
+async fn follow_session(
+    client: &zk::Client,
+    watcher: &mut zk::PersistentWatcher,
+    names: &Names,
+    tx: &watch::Sender<ClusterView>,
+) {
+    let mut resync_timer = tokio::time::interval(RESYNC_INTERVAL);
+    resync_timer.tick().await; // the first tick is immediate, and the view was just read
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = resync_timer.tick() => resync(client, names, tx).await,
+            event = watcher.changed() => {
+                if event.event_type == zk::EventType::Session {
+                    if event.session_state.is_terminated() {
+                        // `changed()` panics once called after a terminal state: leave now.
+                        return;
+                    }
+                    if event.session_state == zk::SessionState::SyncConnected {
+                        resync(client, names, tx).await;
+                    }
+                } else {
+                    refresh_path(client, names, tx, &event.path).await;
+                }
+            }
+        }
+    }
+}
+
+async fn resync(client: &zk::Client, names: &Names, tx: &watch::Sender<ClusterView>) {
+    match read_all(client, names).await {
+        Ok(view) => {
+            tx.send_if_modified(|current| {
+                let changed = *current != view;
+                *current = view;
+                changed
+            });
+        }
+        Err(e) => tracing::warn!("re-reading the cluster from ZooKeeper: {e:#}"),
+    }
+}
+
+/// Re-reads the one znode an event names. An error falls back on a full re-read at the next resync.
+async fn refresh_path(
+    client: &zk::Client,
+    names: &Names,
+    tx: &watch::Sender<ClusterView>,
+    path: &str,
+) {
+    let result: anyhow::Result<()> = async {
+        if path == names.zk_master() {
+            let master = read_json(client, path).await?;
+            tx.send_if_modified(|v| replace(&mut v.master, master));
+        } else if path == names.zk_in_sync() {
+            let in_sync = read_json(client, path).await?;
+            tx.send_if_modified(|v| replace(&mut v.in_sync, in_sync));
+        } else if let Some(id) = worker_id_of(names, path) {
+            let record: Option<WorkerRecord> = read_json(client, path).await?;
+            tx.send_if_modified(|v| match record {
+                Some(r) => v.workers.insert(id.to_owned(), r.clone()) != Some(r),
+                None => v.workers.remove(id).is_some(),
+            });
+        } else if path == names.zk_root() || path == names.zk_workers() {
+            // The tree itself was created or deleted (a test tearing down its namespace): read it all.
+            let view = read_all(client, names).await?;
+            tx.send_if_modified(|v| replace(v, view));
+        }
+        // Anything else under the root (the epoch, the workers' own bookkeeping) does not change the view.
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!("re-reading {path} from ZooKeeper: {e:#}");
+    }
+}
+
+/// `Some(id)` when `path` is a worker's registration znode.
+fn worker_id_of<'a>(names: &Names, path: &'a str) -> Option<&'a str> {
+    let prefix = names.zk_workers();
+    let id = path.strip_prefix(prefix.as_str())?.strip_prefix('/')?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    let changed = *slot != value;
+    *slot = value;
+    changed
+}
+
+async fn read_all(client: &zk::Client, names: &Names) -> anyhow::Result<ClusterView> {
+    let master = read_json(client, &names.zk_master()).await?;
+    let in_sync = read_json(client, &names.zk_in_sync()).await?;
+    let ids = match client.list_children(&names.zk_workers()).await {
+        Ok(ids) => ids,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(e).context("listing workers"),
+    };
+    let mut workers = BTreeMap::new();
+    for id in ids {
+        // A worker that vanished between the listing and this read is simply not there any more.
+        if let Some(record) = read_json::<WorkerRecord>(client, &names.zk_worker(&id)).await? {
+            workers.insert(id, record);
+        }
+    }
+    Ok(ClusterView {
+        master,
+        in_sync,
+        workers,
+    })
+}
+
+/// The JSON in a znode; `None` when the znode does not exist, or holds something unreadable (logged: a worker
+/// writing a format this orchestrator does not know must not take the API down).
+async fn read_json<T: DeserializeOwned>(
+    client: &zk::Client,
+    path: &str,
+) -> anyhow::Result<Option<T>> {
+    match client.get_data(path).await {
+        Ok((data, _stat)) => match serde_json::from_slice(&data) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                tracing::warn!("ignoring unreadable znode {path}: {e}");
+                Ok(None)
+            }
+        },
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str, pid: u32, role: Role, applied_seq: u64) -> WorkerRecord {
+        WorkerRecord {
+            id: id.into(),
+            pid,
+            role,
+            epoch: 1,
+            applied_seq,
+        }
+    }
+
+    fn view() -> ClusterView {
+        let mut workers = BTreeMap::new();
+        workers.insert("m".into(), worker("m", 30, Role::Master, 7));
+        workers.insert("a".into(), worker("a", 20, Role::Slave, 7));
+        workers.insert("b".into(), worker("b", 10, Role::Slave, 3));
+        ClusterView {
+            master: Some(MasterRecord {
+                id: "m".into(),
+                pid: 30,
+                epoch: 1,
+            }),
+            in_sync: Some(InSyncSet {
+                epoch: 1,
+                master: "m".into(),
+                members: vec!["a".into()],
+            }),
+            workers,
+        }
+    }
+
+    #[test]
+    fn worker_rows_are_sorted_by_pid_and_flag_the_in_sync_ones() {
+        let rows = view().worker_infos();
+        let summary: Vec<(u32, Role, bool, u64)> = rows
+            .iter()
+            .map(|w| (w.pid, w.role, w.in_sync, w.applied_seq))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (10, Role::Slave, false, 3),
+                (20, Role::Slave, true, 7),
+                (30, Role::Master, true, 7)
+            ]
+        );
+        assert_eq!(view().pids(), vec![10, 20, 30]);
+        assert!(view().is_healthy());
+    }
+
+    #[test]
+    fn an_in_sync_set_left_by_a_previous_master_counts_for_nothing() {
+        let mut v = view();
+        v.master = Some(MasterRecord {
+            id: "a".into(),
+            pid: 20,
+            epoch: 2,
+        });
+        assert!(v.in_sync_members().is_empty());
+        assert!(!v.is_healthy());
+        // The new master's own record still says slave; the master znode wins.
+        let roles: Vec<Role> = v.worker_infos().iter().map(|w| w.role).collect();
+        assert_eq!(roles, vec![Role::Slave, Role::Master, Role::Slave]);
+    }
+
+    #[test]
+    fn without_a_master_nothing_is_in_sync_and_records_give_the_roles() {
+        let mut v = view();
+        v.master = None;
+        assert!(!v.is_healthy());
+        let rows = v.worker_infos();
+        assert_eq!(rows[2].role, Role::Master);
+        assert!(rows[2].in_sync);
+        assert!(!rows[1].in_sync);
+    }
+
+    #[test]
+    fn only_direct_children_of_the_workers_znode_are_workers() {
+        let names = Names::new("ns");
+        assert_eq!(worker_id_of(&names, "/ns/workers/w-1"), Some("w-1"));
+        assert_eq!(worker_id_of(&names, "/ns/workers"), None);
+        assert_eq!(worker_id_of(&names, "/ns/workers/"), None);
+        assert_eq!(worker_id_of(&names, "/ns/workers/a/b"), None);
+        assert_eq!(worker_id_of(&names, "/ns/workersX/a"), None);
+        assert_eq!(worker_id_of(&names, "/ns/master"), None);
+    }
+}

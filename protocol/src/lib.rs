@@ -1,0 +1,22 @@
+//! Everything that crosses a process boundary in RideShare's database service.
+//!
+//! The orchestrator, the master worker and the slave workers only ever talk through the types in this crate,
+//! so a change of wire format is a change here and nowhere else.
+//!
+//! - [`http`]: the JSON bodies of the orchestrator's database API (`db/write`, `db/read`, `workers`).
+//! - [`queue`]: the messages on RabbitMQ: commands on `writeQ`, reads on `readQ`, log entries and heartbeats on
+//!   the `syncQ` fanout exchange, and their replies.
+//! - [`names`]: queue, exchange and znode names, derived from one namespace so several clusters (tests) can share
+//!   one broker and one ZooKeeper.
+//! - [`coord`]: what is stored in ZooKeeper: the worker registry, the epoch and the in-sync set.
+
+pub mod coord;
+pub mod http;
+pub mod names;
+pub mod queue;
+
+pub use http::{
+    ErrorBody, ReadRequest, ReadResponse, Role, Statement, StatementResult, Value, WorkerInfo,
+    WriteRequest, WriteResponse,
+};
+pub use names::Names;

@@ -1,0 +1,188 @@
+//! A database worker: one copy of the RideShare database, acting as the master or as a slave.
+//!
+//! The same binary plays both roles; the role is decided at start (and, with leader election, at run time).
+//! - The **master** takes commands from `writeQ`, runs writes in SQLite transactions, turns each transaction
+//!   into a log entry stamped (epoch, seq), publishes it on the `syncQ` fanout exchange and answers only once
+//!   every in-sync slave has applied it (synchronous replication).
+//! - A **slave** binds its own queue to `syncQ`, catches up from a snapshot, joins the in-sync set, applies
+//!   entries strictly in order, and serves reads from `readQ` while its read lease holds.
+//!
+//! Modules:
+//! - [`db`]: SQLite: running batches, changesets, applying entries, snapshots, reads (no networking).
+//! - [`master`]: the master's loop: group commit, replication rounds, the in-sync set and leases.
+//! - [`slave`]: catch-up, the apply loop, and the read server.
+//! - [`coord`]: ZooKeeper: registration, the master znode, the epoch and the in-sync set.
+//! - [`amqp`]: declaring the queues and the RPC plumbing over RabbitMQ.
+
+pub mod amqp;
+pub mod coord;
+pub mod db;
+pub mod master;
+pub mod slave;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::{Names, Role};
+
+/// Command-line and environment configuration of a worker.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "worker", about = "RideShare database worker (master or slave)")]
+pub struct Config {
+    /// Unique id of this worker ([A-Za-z0-9_-]); names its znode and its sync queue.
+    #[arg(long, env = "RIDESHARE_WORKER_ID")]
+    pub id: String,
+    /// Folder holding this worker's database (`db.sqlite`).
+    #[arg(long, env = "RIDESHARE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "RIDESHARE_AMQP_URL",
+        default_value = "amqp://127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// ZooKeeper address (host:port, or a comma-separated ensemble).
+    #[arg(long, env = "RIDESHARE_ZK", default_value = "127.0.0.1:2181")]
+    pub zk: String,
+    /// Namespace of queue and znode names; clusters with different namespaces share nothing.
+    #[arg(long, env = "RIDESHARE_NAMESPACE", default_value = protocol::names::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Role to start in.
+    #[arg(long, env = "RIDESHARE_ROLE", value_parser = parse_role)]
+    pub role: Role,
+    /// Process id to report (in ZooKeeper and `worker/list`) instead of our own: a worker in a container sees
+    /// itself as pid 1, but the contract wants the pid on the host.
+    #[arg(long, env = "RIDESHARE_REPORTED_PID")]
+    pub reported_pid: Option<u32>,
+    /// How long the master waits for a slave's acknowledgement before it gives up on that slave. Short enough
+    /// that a dead slave stalls writes briefly, long enough that a busy slave on a loaded 2-core host (GC-free,
+    /// but sharing the CPU with the broker) is not dropped by mistake.
+    #[arg(long, env = "RIDESHARE_ACK_TIMEOUT_MS", default_value_t = 1000)]
+    pub ack_timeout_ms: u64,
+    /// Read lease granted to in-sync slaves by every entry and heartbeat. A dropped slave stops serving reads
+    /// at most this long after its last renewal; the master waits this long before acknowledging writes
+    /// without it. Shorter means faster recovery from a dead slave, longer means fewer heartbeats matter.
+    #[arg(long, env = "RIDESHARE_LEASE_MS", default_value_t = 1500)]
+    pub lease_ms: u64,
+    /// How often an idle master sends heartbeats: well under the lease so that one lost heartbeat does not
+    /// cost a lease.
+    #[arg(long, env = "RIDESHARE_HEARTBEAT_MS", default_value_t = 250)]
+    pub heartbeat_ms: u64,
+    /// The most commands the master takes into one transaction and one replication round.
+    #[arg(long, env = "RIDESHARE_MAX_BATCH", default_value_t = 256)]
+    pub max_batch: usize,
+    /// Writes are acknowledged only while at least this many slaves are in sync: with 0, a write acknowledged
+    /// by a lone master would be lost if that master died.
+    #[arg(long, env = "RIDESHARE_MIN_IN_SYNC", default_value_t = 1)]
+    pub min_in_sync: usize,
+    /// ZooKeeper session timeout. A worker that is killed or cut off loses its znodes (and a master its role)
+    /// this long after it went silent; see ARCHITECTURE.md for the trade-off.
+    #[arg(long, env = "RIDESHARE_ZK_SESSION_MS", default_value_t = 4000)]
+    pub zk_session_ms: u64,
+    /// Reads a slave runs at once (one SQLite connection each).
+    #[arg(long, env = "RIDESHARE_READERS", default_value_t = 4)]
+    pub readers: usize,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "master" => Ok(Role::Master),
+        "slave" => Ok(Role::Slave),
+        _ => Err(format!("role must be master or slave, not {s:?}")),
+    }
+}
+
+impl Config {
+    pub fn names(&self) -> Names {
+        Names::new(&self.namespace)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("db.sqlite")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.reported_pid.unwrap_or_else(std::process::id)
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+/// Runs the worker until `shutdown` resolves or a fatal error (lost ZooKeeper session, lost broker) happens.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.id.is_empty()
+            && config
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "worker id must be non-empty [A-Za-z0-9_-]"
+    );
+    let names = config.names();
+    let zk = coord::Coord::connect(&config, names.clone())
+        .await
+        .context("connecting to ZooKeeper")?;
+    let amqp = amqp::connect(&config.amqp_url, &config.id)
+        .await
+        .context("connecting to RabbitMQ")?;
+    amqp::declare(&amqp, &names)
+        .await
+        .context("declaring queues")?;
+    let work = async {
+        let (db, role) = match config.role {
+            Role::Master => {
+                let db = db::Db::open_master(&config.db_path())?;
+                let (epoch, seq) = db.position();
+                zk.register(&protocol::coord::WorkerRecord {
+                    id: config.id.clone(),
+                    pid: config.pid(),
+                    role: Role::Master,
+                    epoch,
+                    applied_seq: seq,
+                })
+                .await?;
+                let role = zk
+                    .take_master_role(epoch, false)
+                    .await
+                    .context("taking the master role")?;
+                (db, role)
+            }
+            Role::Slave => {
+                let (replica, role) = slave::run(&config, &zk, &amqp).await?;
+                // Reopen for writing: foreign keys, triggers and the authorizer are the master's.
+                drop(replica);
+                (db::Db::open_master(&config.db_path())?, role)
+            }
+        };
+        tokio::select! {
+            res = master::run(&config, &zk, &amqp, db, role) => res,
+            () = zk.keep_leadership() => unreachable!("keep_leadership runs forever"),
+        }
+    };
+    let broker_lost = async {
+        while amqp.status().connected() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        res = work => res,
+        () = broker_lost => Err(anyhow::anyhow!("connection to RabbitMQ lost")),
+        lost = zk.session_lost() => Err(anyhow::anyhow!("ZooKeeper session lost: {lost}")),
+        () = shutdown => Ok(()),
+    }
+}
