@@ -1,0 +1,16 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let config = bench::Config::parse();
+    // The workers inherit this environment: unless told otherwise, keep their logs and the in-process
+    // orchestrator's to warnings, so they do not bury the table. Set before any thread starts.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(bench::run(config))
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs what RideShare needs from Debian 12's packages, and checks that a Rust toolchain is there.
+#
+# Idempotent and silent when everything is already installed: `apt-get update` runs only when a package is
+# missing. Needs root, or sudo when run as another user.
+set -euo pipefail
+
+# What each package is for:
+#   rabbitmq-server        the broker between the orchestrator and the workers
+#   zookeeper              coordination; started with /usr/share/zookeeper/bin/zkServer.sh (zookeeperd not needed)
+#   libclang-dev           bindgen, run by rusqlite's `session` feature at build time
+#   build-essential        the C compiler and headers for the bundled SQLite
+#   pkg-config             build scripts that look for system libraries
+#   nginx                  the gateway
+#   wrk                    HTTP load generation for ad-hoc benchmarks
+#   curl, ca-certificates  health checks, and fetching rustup when Rust is missing
+PACKAGES=(
+    rabbitmq-server
+    zookeeper
+    libclang-dev
+    build-essential
+    pkg-config
+    nginx
+    wrk
+    curl
+    ca-certificates
+)
+
+die() {
+    echo "setup.sh: error: $*" >&2
+    exit 1
+}
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "must run as root, or as a user who can use sudo, to run: $*"
+    fi
+}
+
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+    die "this script installs Debian packages with apt-get; on another system install: ${PACKAGES[*]}"
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)" != installed ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} > 0)); then
+    echo "setup.sh: installing ${missing[*]}" >&2
+    log=$(mktemp /tmp/rideshare-setup.XXXXXX.log)
+    # Wait for another apt/dpkg run (unattended-upgrades on a fresh machine) instead of failing on its lock.
+    apt_opts=(-q -y -o DPkg::Lock::Timeout=300)
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" update >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "apt-get update failed (full log: $log)"
+    fi
+    # No recommends: zookeeper alone would otherwise pull in a desktop's worth of packages.
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get "${apt_opts[@]}" install --no-install-recommends \
+        "${missing[@]}" >>"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "apt-get install ${missing[*]} failed (full log: $log)"
+    fi
+    rm -f "$log"
+fi
+
+# Rust comes from rustup, not from Debian (Debian 12's rustc is too old for the dependencies).
+if ! command -v cargo >/dev/null 2>&1; then
+    if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+        echo "setup.sh: cargo is installed in $HOME/.cargo/bin but that is not on PATH; run: . \"\$HOME/.cargo/env\"" >&2
+    else
+        cat >&2 <<'EOF'
+setup.sh: error: cargo was not found. Install the Rust toolchain with rustup (https://rustup.rs):
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    . "$HOME/.cargo/env"
+EOF
+        exit 1
+    fi
+fi

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command: makes sure the tools and RabbitMQ/ZooKeeper are there (quick when they already are), then runs
+# every test of the workspace. Extra arguments go to the test runner (e.g. a test name filter).
+# Exits non-zero when any test fails.
+#
+# Environment: RIDESHARE_TEST_THREADS, how many tests run at once (default: the number of CPUs). Tests start
+# whole clusters (an orchestrator and worker processes) and wait on timeouts, so more tests than cores at once
+# would make their timing, not the code, the thing under test.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    PATH=$HOME/.cargo/bin:$PATH
+fi
+
+scripts/setup.sh
+scripts/services.sh start
+
+threads=${RIDESHARE_TEST_THREADS:-$(nproc)}
+
+# Tests start the worker binary (target/debug/worker) as a process, so every binary is built first: cargo builds
+# a package's binaries for its own integration tests only.
+cargo build --workspace --bins
+
+if command -v cargo-nextest >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast --test-threads "$threads" "$@"
+    # nextest does not run doc tests.
+    cargo test --workspace --doc
+else
+    echo "test.sh: cargo-nextest not found; using cargo test" >&2
+    cargo test --workspace --no-fail-fast "$@" -- --test-threads "$threads"
+fi
