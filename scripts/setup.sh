@@ -83,3 +83,11 @@ EOF
         exit 1
     fi
 fi
+
+# The test runner: scripts/test.sh runs the disruptive tests (broker and coordinator restarts) in a phase of their
+# own, which needs nextest's filters. Built from crates.io when missing (a few minutes, once).
+cargo_bin=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+if ! "$cargo_bin" nextest --version >/dev/null 2>&1; then
+    echo "setup.sh: installing cargo-nextest from crates.io" >&2
+    "$cargo_bin" install --locked --quiet cargo-nextest || die "installing cargo-nextest failed"
+fi

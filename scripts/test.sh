@@ -23,11 +23,11 @@ threads=${RIDESHARE_TEST_THREADS:-$(nproc)}
 # a package's binaries for its own integration tests only.
 cargo build --workspace --bins
 
-if command -v cargo-nextest >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast --test-threads "$threads" "$@"
-    # nextest does not run doc tests.
-    cargo test --workspace --doc
-else
-    echo "test.sh: cargo-nextest not found; using cargo test" >&2
-    cargo test --workspace --no-fail-fast "$@" -- --test-threads "$threads"
-fi
+# Everything but the disruptive tests, side by side; then those alone, one at a time: they restart the RabbitMQ and
+# ZooKeeper that every other test uses. Both phases run even when the first fails, and either failing fails this.
+status=0
+cargo nextest run --workspace --no-fail-fast --no-tests=pass --test-threads "$threads" -E 'not binary(disruptive)' "$@" || status=$?
+cargo nextest run -p e2e --no-fail-fast --no-tests=pass --test-threads 1 -E 'binary(disruptive)' "$@" || status=$?
+# nextest does not run doc tests.
+cargo test --workspace --doc || status=$?
+exit "$status"

@@ -25,6 +25,22 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     Ok(Connection::connect(url, props).await?)
 }
 
+/// Connects, retrying with a growing pause (up to 2 s) for as long as it takes: a worker outlives a broker
+/// restart.
+pub async fn connect_with_retry(url: &str, name: &str) -> Connection {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match connect(url, name).await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!("connecting to RabbitMQ: {e:#}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Declares the queues and the exchange every process uses, with the same options everywhere (RabbitMQ refuses a
 /// second declaration that differs). Idempotent.
 pub async fn declare(conn: &Connection, names: &Names) -> anyhow::Result<()> {

@@ -157,6 +157,7 @@ impl Coord {
     pub async fn keep_leadership(&self) {
         let mut state = self.client.state_watcher();
         let mut tick = tokio::time::interval(self.session_timeout / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = tick.tick() => {

@@ -137,52 +137,70 @@ pub async fn run(
     let zk = coord::Coord::connect(&config, names.clone())
         .await
         .context("connecting to ZooKeeper")?;
-    let amqp = amqp::connect(&config.amqp_url, &config.id)
-        .await
-        .context("connecting to RabbitMQ")?;
-    amqp::declare(&amqp, &names)
-        .await
-        .context("declaring queues")?;
     let work = async {
-        let (db, role) = match config.role {
-            Role::Master => {
-                let db = db::Db::open_master(&config.db_path())?;
-                let (epoch, seq) = db.position();
-                zk.register(&protocol::coord::WorkerRecord {
-                    id: config.id.clone(),
-                    pid: config.pid(),
-                    role: Role::Master,
-                    epoch,
-                    applied_seq: seq,
-                })
-                .await?;
-                let role = zk
-                    .take_master_role(epoch, false)
+        // The master role, once held, outlives a lost broker connection: the role lives in ZooKeeper.
+        let mut role: Option<coord::MasterRole> = None;
+        if config.role == Role::Master {
+            let db = db::Db::open_master(&config.db_path())?;
+            let (epoch, seq) = db.position();
+            zk.register(&protocol::coord::WorkerRecord {
+                id: config.id.clone(),
+                pid: config.pid(),
+                role: Role::Master,
+                epoch,
+                applied_seq: seq,
+            })
+            .await?;
+            role = Some(
+                zk.take_master_role(epoch, false)
                     .await
-                    .context("taking the master role")?;
-                (db, role)
-            }
-            Role::Slave => {
-                let (replica, role) = slave::run(&config, &zk, &amqp).await?;
-                // Reopen for writing: foreign keys, triggers and the authorizer are the master's.
-                drop(replica);
-                (db::Db::open_master(&config.db_path())?, role)
-            }
-        };
-        tokio::select! {
-            res = master::run(&config, &zk, &amqp, db, role) => res,
-            () = zk.keep_leadership() => unreachable!("keep_leadership runs forever"),
+                    .context("taking the master role")?,
+            );
         }
-    };
-    let broker_lost = async {
-        while amqp.status().connected() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        loop {
+            let amqp = amqp::connect_with_retry(&config.amqp_url, &config.id).await;
+            let broker_lost = async {
+                while amqp.status().connected() {
+                    tokio::time::sleep(BROKER_CHECK).await;
+                }
+            };
+            let served = async {
+                amqp::declare(&amqp, &names)
+                    .await
+                    .context("declaring queues")?;
+                if role.is_none() {
+                    let (replica, won) = slave::run(&config, &zk, &amqp).await?;
+                    drop(replica);
+                    role = Some(won);
+                }
+                let role = role.as_mut().expect("the master role is held");
+                // Reopened for writing: foreign keys, triggers and the authorizer are the master's.
+                let db = db::Db::open_master(&config.db_path())?;
+                tokio::select! {
+                    res = master::run(&config, &zk, &amqp, db, role) => res,
+                    () = zk.keep_leadership() => unreachable!("keep_leadership runs forever"),
+                }
+            };
+            let res = tokio::select! {
+                res = served => res,
+                () = broker_lost => Err(anyhow::anyhow!("connection to RabbitMQ lost")),
+            };
+            match res {
+                Err(e) if !amqp.status().connected() => {
+                    // A slave starts over from a snapshot (its sync queue died with the connection); a master
+                    // keeps its role and its members rejoin.
+                    tracing::warn!("{e:#}: reconnecting to RabbitMQ");
+                }
+                other => return other,
+            }
         }
     };
     tokio::select! {
         res = work => res,
-        () = broker_lost => Err(anyhow::anyhow!("connection to RabbitMQ lost")),
         lost = zk.session_lost() => Err(anyhow::anyhow!("ZooKeeper session lost: {lost}")),
         () = shutdown => Ok(()),
     }
 }
+
+/// How often the connection to RabbitMQ is checked.
+const BROKER_CHECK: Duration = Duration::from_millis(200);

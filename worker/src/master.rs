@@ -17,7 +17,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use protocol::coord::{InSyncSet, WorkerRecord};
 use protocol::queue::{Command, CommandReply, SyncAck, SyncKind, SyncMessage};
@@ -53,6 +53,8 @@ type Acks = Arc<Mutex<HashMap<String, (u64, Instant)>>>;
 
 struct Master<'a> {
     config: &'a Config,
+    /// The role as held in ZooKeeper; its in-sync set version is kept current across reconnections.
+    role: &'a mut MasterRole,
     names: Names,
     zk: &'a Coord,
     db: Db,
@@ -62,7 +64,6 @@ struct Master<'a> {
     /// Channel the log is published on; the slaves' acknowledgements come back to it by direct reply-to.
     sync: Channel,
     members: BTreeMap<String, Member>,
-    in_sync_version: i32,
     /// The seq this master started its epoch from; sent with every message (see `SyncMessage::epoch_start`).
     epoch_start: u64,
     acks: Acks,
@@ -82,7 +83,7 @@ pub async fn run(
     zk: &Coord,
     conn: &Connection,
     db: Db,
-    role: MasterRole,
+    role: &mut MasterRole,
 ) -> anyhow::Result<()> {
     let names = config.names();
     let epoch = role.epoch;
@@ -96,6 +97,18 @@ pub async fn run(
     };
     zk.update(&record).await?;
     tracing::info!(id = %config.id, epoch, seq, "acting as master");
+    let (set, _) = zk.in_sync().await?;
+    if !set.members.is_empty() {
+        // Back from a lost broker connection: the slaves of the set have to rejoin. Their leases end first,
+        // then the set says what is true.
+        tokio::time::sleep(config.lease() + Duration::from_millis(LEASE_MARGIN_MS)).await;
+        let empty = InSyncSet {
+            epoch,
+            master: config.id.clone(),
+            members: vec![],
+        };
+        role.in_sync_version = zk.write_in_sync(&empty, Some(role.in_sync_version)).await?;
+    }
 
     let commands = conn.create_channel().await?;
     // Enough to fill the largest batch twice over, so the next batch is already here when a round ends.
@@ -108,12 +121,20 @@ pub async fn run(
     let acks: Acks = Arc::default();
     consume_acks(&sync, acks.clone(), ack_tx, epoch).await?;
 
+    // Consumer priority = epoch: a deposed master that is merely paused still has a consumer on writeQ, and
+    // the broker would otherwise deal it every other command; now it only gets what the current master has no
+    // room for.
+    let mut priority = FieldTable::default();
+    priority.insert(
+        "x-priority".into(),
+        AMQPValue::LongInt(i32::try_from(epoch).unwrap_or(i32::MAX)),
+    );
     let consumer = commands
         .basic_consume(
             names.write_queue().as_str().into(),
             format!("master-{}", config.id).as_str().into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            priority,
         )
         .await?;
     let (tx, rx) = mpsc::channel(4096);
@@ -136,6 +157,7 @@ pub async fn run(
 
     let mut m = Master {
         config,
+        role,
         names,
         zk,
         db,
@@ -143,7 +165,6 @@ pub async fn run(
         commands,
         sync,
         members: BTreeMap::new(),
-        in_sync_version: role.in_sync_version,
         epoch_start: seq,
         acks,
         ack_signal,
@@ -225,7 +246,9 @@ impl Master<'_> {
             }
             if self.record_refreshed.elapsed() >= Duration::from_secs(1) {
                 record.applied_seq = self.db.position().1;
-                self.zk.update(&record).await?;
+                if let Err(e) = self.zk.update(&record).await {
+                    tracing::warn!("refreshing our znode: {e:#}");
+                }
                 self.record_refreshed = Instant::now();
             }
         }
@@ -284,6 +307,8 @@ impl Master<'_> {
     }
 
     async fn write_round(&mut self, jobs: &[Job], deliveries: &[&Delivery]) -> anyhow::Result<()> {
+        // A master that may have been replaced does not even change its own copy.
+        self.ensure_leader().await?;
         if self.members.len() < self.config.min_in_sync {
             let reply = CommandReply::Unavailable {
                 error: format!(
@@ -360,7 +385,9 @@ impl Master<'_> {
     /// timeout to come back (the session, and so the role, survives that long); an expired one ends the
     /// process through `session_lost`.
     async fn ensure_leader(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_millis(self.config.zk_session_ms);
+        // Twice the session timeout: a session that is merely suspended comes back within one; past that it
+        // has expired, and `session_lost` ends the process anyway.
+        let deadline = Instant::now() + Duration::from_millis(2 * self.config.zk_session_ms);
         while !self.zk.is_leader() {
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -464,9 +491,9 @@ impl Master<'_> {
         };
         // A BadVersion here means another master has written the set since: this one is deposed, and the
         // error ends it.
-        self.in_sync_version = self
+        self.role.in_sync_version = self
             .zk
-            .write_in_sync(&set, Some(self.in_sync_version))
+            .write_in_sync(&set, Some(self.role.in_sync_version))
             .await
             .context("the in-sync set changed behind this master's back")?;
         Ok(())

@@ -132,7 +132,9 @@ pub async fn run(
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     loop {
         serving.stop();
-        zk.withdraw().await?;
+        if let Err(e) = zk.withdraw().await {
+            tracing::warn!("withdrawing from the election: {e:#}");
+        }
         let (mut db, mut follower) = catch_up(config, &rpc).await;
         serving.generation.fetch_add(1, Ordering::SeqCst);
         let mut joined = false;
@@ -144,11 +146,18 @@ pub async fn run(
                     m = rx.recv() => m,
                     _ = refresh.tick() => {
                         (record.epoch, record.applied_seq) = db.position();
-                        zk.update(&record).await?;
+                        if let Err(e) = zk.update(&record).await {
+                            tracing::warn!("refreshing our znode: {e:#}");
+                        }
                         continue;
                     }
                     t = &mut turn => {
-                        t?;
+                        if let Err(e) = t {
+                            tracing::warn!("watching the election: {e:#}");
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                            turn = Box::pin(zk.wait_for_turn());
+                            continue;
+                        }
                         // The master is gone and we are the first candidate. Take in what it sent us first.
                         while let Ok(d) = rx.try_recv() {
                             if let Step::Resync = follower.on_sync(config, &sync, &mut db, &serving, zk, &d).await {
