@@ -26,8 +26,8 @@ cargo build --workspace --bins
 # Everything but the disruptive tests, side by side; then those alone, one at a time: they restart the RabbitMQ and
 # ZooKeeper that every other test uses. Both phases run even when the first fails, and either failing fails this.
 status=0
-cargo nextest run --workspace --no-fail-fast --no-tests=pass --test-threads "$threads" -E 'not binary(disruptive)' "$@" || status=$?
-cargo nextest run -p e2e --no-fail-fast --no-tests=pass --test-threads 1 -E 'binary(disruptive)' "$@" || status=$?
+cargo nextest run --workspace --no-fail-fast --no-tests=pass --test-threads "$threads" -E 'not test(/^disruptive::/)' "$@" || status=$?
+cargo nextest run -p e2e --no-fail-fast --no-tests=pass --test-threads 1 -E 'test(/^disruptive::/)' "$@" || status=$?
 # nextest does not run doc tests.
 cargo test --workspace --doc || status=$?
 exit "$status"
