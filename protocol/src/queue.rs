@@ -17,12 +17,23 @@ pub enum Command {
         key: String,
         statements: Vec<Statement>,
     },
+    /// Several writes gathered by the orchestrator into one message, each its own transaction with its own
+    /// key and its own answer (in a [`CommandReply::Batch`], in order). Fewer, larger messages are what lets
+    /// the broker keep up under load.
+    Writes { writes: Vec<KeyedWrite> },
     /// Delete every row of every table.
     Clear { key: String },
     /// A catching-up slave asks for a copy of the database at a known sequence number.
     Snapshot { worker: String },
     /// A slave that has applied everything up to `applied_seq` asks to join the in-sync set.
     Join { worker: String, applied_seq: u64 },
+}
+
+/// One write of a [`Command::Writes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyedWrite {
+    pub key: String,
+    pub statements: Vec<Statement>,
 }
 
 /// The reply to a [`Command`].
@@ -44,6 +55,10 @@ pub enum CommandReply {
     Joined {
         epoch: u64,
         seq: u64,
+    },
+    /// The answers to a [`Command::Writes`], in its order.
+    Batch {
+        replies: Vec<CommandReply>,
     },
 }
 
@@ -121,8 +136,18 @@ pub struct SyncAck {
     pub seq: u64,
 }
 
-/// A read on `readQ`.
-pub type ReadCommand = ReadRequest;
+/// What `readQ` carries: reads gathered by the orchestrator, run together by one slave, answered together
+/// by a [`ReadBatchReply`] in the same order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBatch {
+    pub reads: Vec<ReadRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadBatchReply {
+    pub replies: Vec<ReadReply>,
+}
 
 /// The reply to a read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

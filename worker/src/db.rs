@@ -742,7 +742,8 @@ pub fn open_reader(path: &Path) -> anyhow::Result<Connection> {
 /// Runs one read. A statement that would write is refused before it runs, and the connection is read-only
 /// besides.
 pub fn read(conn: &Connection, req: &ReadRequest) -> Result<ReadResponse, String> {
-    let mut stmt = conn.prepare(&req.sql).map_err(|e| sql_error(&e))?;
+    // Cached: the services send the same few statements over and over.
+    let mut stmt = conn.prepare_cached(&req.sql).map_err(|e| sql_error(&e))?;
     if !stmt.readonly() {
         return Err("db/read takes statements that only read; use db/write".into());
     }

@@ -264,11 +264,19 @@ impl Master<'_> {
             match serde_json::from_slice::<Command>(&d.data) {
                 Ok(Command::Write { key, statements }) => {
                     jobs.push(Job::Write { key, statements });
-                    job_deliveries.push(d);
+                    job_deliveries.push((d, None));
+                }
+                Ok(Command::Writes { writes }) => {
+                    let n = writes.len();
+                    jobs.extend(writes.into_iter().map(|w| Job::Write {
+                        key: w.key,
+                        statements: w.statements,
+                    }));
+                    job_deliveries.push((d, Some(n)));
                 }
                 Ok(Command::Clear { key }) => {
                     jobs.push(Job::Clear { key });
-                    job_deliveries.push(d);
+                    job_deliveries.push((d, None));
                 }
                 Ok(Command::Snapshot { worker }) => snapshots.push((d, worker)),
                 Ok(Command::Join {
@@ -306,7 +314,13 @@ impl Master<'_> {
         Ok(())
     }
 
-    async fn write_round(&mut self, jobs: &[Job], deliveries: &[&Delivery]) -> anyhow::Result<()> {
+    /// Runs the jobs of a round. `deliveries` says where the answers go: a delivery with `None` carried one
+    /// job and gets one reply; with `Some(n)`, it carried the next `n` jobs and gets one `Batch` reply.
+    async fn write_round(
+        &mut self,
+        jobs: &[Job],
+        deliveries: &[(&Delivery, Option<usize>)],
+    ) -> anyhow::Result<()> {
         // A master that may have been replaced does not even change its own copy.
         self.ensure_leader().await?;
         if self.members.len() < self.config.min_in_sync {
@@ -317,9 +331,8 @@ impl Master<'_> {
                     self.config.min_in_sync
                 ),
             };
-            for d in deliveries {
-                self.answer(d, &reply).await;
-            }
+            let replies = vec![reply; jobs.len()];
+            self.answer_jobs(deliveries, replies).await;
             return Ok(());
         }
         let result = tokio::task::block_in_place(|| self.db.execute_batch(self.epoch, jobs))?;
@@ -336,8 +349,10 @@ impl Master<'_> {
         self.update_replicated();
         // Nothing is acknowledged by a master that may have been replaced meanwhile.
         self.ensure_leader().await?;
-        for (outcome, d) in result.outcomes.into_iter().zip(deliveries) {
-            let reply = match outcome {
+        let replies = result
+            .outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
                 Outcome::Applied(r) | Outcome::Duplicate(r) if r.seq <= self.replicated_seq => {
                     CommandReply::Written(r)
                 }
@@ -347,10 +362,30 @@ impl Master<'_> {
                         .into(),
                 },
                 Outcome::Rejected(error) => CommandReply::Rejected { error },
-            };
-            self.answer(d, &reply).await;
-        }
+            })
+            .collect();
+        self.answer_jobs(deliveries, replies).await;
         Ok(())
+    }
+
+    /// Sends the replies of a round's jobs, in order, grouped back into the deliveries they came in.
+    async fn answer_jobs(
+        &self,
+        deliveries: &[(&Delivery, Option<usize>)],
+        replies: Vec<CommandReply>,
+    ) {
+        let mut replies = replies.into_iter();
+        for (d, batched) in deliveries {
+            let reply = match batched {
+                None => replies.next(),
+                Some(n) => Some(CommandReply::Batch {
+                    replies: replies.by_ref().take(*n).collect(),
+                }),
+            };
+            if let Some(reply) = reply {
+                self.answer(d, &reply).await;
+            }
+        }
     }
 
     /// Publishes a log entry or heartbeat to every slave, renewing the in-sync slaves' leases.

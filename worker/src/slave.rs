@@ -20,7 +20,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use protocol::coord::WorkerRecord;
-use protocol::queue::{Command, CommandReply, ReadReply, SyncAck, SyncKind, SyncMessage};
+use protocol::queue::{
+    Command, CommandReply, ReadBatch, ReadBatchReply, ReadReply, SyncAck, SyncKind, SyncMessage,
+};
 use protocol::{ReadRequest, Role};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -342,12 +344,13 @@ impl Follower {
             },
             SyncKind::Heartbeat {
                 seq: master_seq, ..
-            } if *master_seq != applied => {
-                // Behind: entries were lost. Ahead: we hold entries the master does not.
+            } if *master_seq > applied => {
+                // Entries were lost on the way. (A heartbeat behind us is one that waited in our queue while a
+                // snapshot brought us further; being ahead of a new master is caught by the epoch check.)
                 tracing::warn!(
                     master_seq,
                     applied,
-                    "not at the master's position: resyncing"
+                    "behind the master's heartbeat: resyncing"
                 );
                 return Step::Resync;
             }
@@ -396,22 +399,25 @@ struct Readers {
 }
 
 impl Readers {
-    fn read(
-        &self,
-        generation: u64,
-        req: &ReadRequest,
-    ) -> anyhow::Result<Result<protocol::ReadResponse, String>> {
+    /// Runs reads one after the other on one connection of the pool.
+    fn read(&self, generation: u64, reqs: &[ReadRequest]) -> anyhow::Result<Vec<ReadReply>> {
         let pooled = self.idle.lock().expect("readers poisoned").pop();
         let conn = match pooled {
             Some((g, c)) if g == generation => c,
             _ => db::open_reader(&self.path)?,
         };
-        let result = db::read(&conn, req);
+        let replies = reqs
+            .iter()
+            .map(|req| match db::read(&conn, req) {
+                Ok(rows) => ReadReply::Rows(rows),
+                Err(error) => ReadReply::Rejected { error },
+            })
+            .collect();
         self.idle
             .lock()
             .expect("readers poisoned")
             .push((generation, conn));
-        Ok(result)
+        Ok(replies)
     }
 }
 
@@ -498,44 +504,46 @@ async fn serve_reads(
 
 /// Serves one read, or hands it back to the queue when this slave stopped being allowed to serve meanwhile.
 async fn read_one(ch: &Channel, pool: &Arc<Readers>, serving: &Arc<Serving>, d: Delivery) {
-    let reply = match serde_json::from_slice::<ReadRequest>(&d.data) {
-        Err(e) => ReadReply::Rejected {
-            error: format!("undecodable read: {e}"),
+    // The orchestrator sends batches; a lone read is accepted too (and answered alone).
+    let (reads, batched) = match serde_json::from_slice::<ReadBatch>(&d.data) {
+        Ok(batch) => (Ok(batch.reads), true),
+        Err(_) => match serde_json::from_slice::<ReadRequest>(&d.data) {
+            Ok(one) => (Ok(vec![one]), false),
+            Err(e) => (Err(format!("undecodable read: {e}")), false),
         },
-        Ok(req) => {
+    };
+    let replies = match reads {
+        Err(error) => vec![ReadReply::Rejected { error }],
+        Ok(reads) => {
             let generation = serving.generation.load(Ordering::SeqCst);
             let p = pool.clone();
-            let res = tokio::task::spawn_blocking(move || p.read(generation, &req)).await;
-            // Checked after the read: if the lease still holds now, it held when the read looked at the data,
-            // so no write acknowledged before the read began can be missing from what it saw.
-            if !serving.can_serve() || serving.generation.load(Ordering::SeqCst) != generation {
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
+            let res = tokio::task::spawn_blocking(move || p.read(generation, &reads)).await;
+            // Checked after the reads: if the lease still holds now, it held when they looked at the data, so
+            // no write acknowledged before they began can be missing from what they saw.
+            let servable =
+                serving.can_serve() && serving.generation.load(Ordering::SeqCst) == generation;
+            match res.context("read task").and_then(|r| r) {
+                Ok(replies) if servable => replies,
+                other => {
+                    if let Err(e) = other {
+                        tracing::error!("read failed: {e:#}");
+                    }
+                    let requeue = BasicNackOptions {
                         multiple: false,
                         requeue: true,
-                    })
-                    .await;
-                return;
-            }
-            match res.context("read task").and_then(|r| r) {
-                Ok(Ok(rows)) => ReadReply::Rows(rows),
-                Ok(Err(error)) => ReadReply::Rejected { error },
-                Err(e) => {
-                    tracing::error!("read failed: {e:#}");
-                    let _ = d
-                        .acker
-                        .nack(BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        })
-                        .await;
+                    };
+                    let _ = d.acker.nack(requeue).await;
                     return;
                 }
             }
         }
     };
-    if let (Some(to), Ok(body)) = (d.properties.reply_to(), serde_json::to_vec(&reply)) {
+    let body = if batched {
+        serde_json::to_vec(&ReadBatchReply { replies })
+    } else {
+        serde_json::to_vec(&replies[0])
+    };
+    if let (Some(to), Ok(body)) = (d.properties.reply_to(), body) {
         let id = d.properties.correlation_id().as_ref().map(|c| c.as_str());
         if let Err(e) = amqp::reply(ch, to.as_str(), id, &body).await {
             tracing::warn!("sending a read reply: {e:#}");
