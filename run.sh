@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Starts RideShare on this machine and stays in the foreground: installs what is missing (scripts/setup.sh),
 # starts RabbitMQ and ZooKeeper unless they already run (scripts/services.sh), builds the release binaries, then
-# runs the orchestrator, which starts its own workers. Ctrl-C or SIGTERM stops everything this script started;
+# runs the orchestrator (which starts its own workers), the users and rides services, and the nginx gateway. Ctrl-C or SIGTERM stops everything this script started;
 # RabbitMQ and ZooKeeper are stopped only if this script was the one that started them.
 #
 # Environment (each optional):
+#   RIDESHARE_GATEWAY_LISTEN        gateway address, the public API (default 127.0.0.1:8080)
+#   RIDESHARE_USERS_LISTEN          users service address (default 127.0.0.1:8081)
+#   RIDESHARE_RIDES_LISTEN          rides service address (default 127.0.0.1:8082)
 #   RIDESHARE_ORCHESTRATOR_LISTEN   orchestrator address (default 127.0.0.1:8083)
 #   RIDESHARE_SCALE_INTERVAL_SECS   the orchestrator's scaling interval (its default: 120), passed through
 #   RUST_LOG                        log filter of every Rust process (default info)
@@ -14,9 +17,12 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 
+GATEWAY_LISTEN=${RIDESHARE_GATEWAY_LISTEN:-127.0.0.1:8080}
+USERS_LISTEN=${RIDESHARE_USERS_LISTEN:-127.0.0.1:8081}
+RIDES_LISTEN=${RIDESHARE_RIDES_LISTEN:-127.0.0.1:8082}
 ORCHESTRATOR_LISTEN=${RIDESHARE_ORCHESTRATOR_LISTEN:-127.0.0.1:8083}
 # The packages whose binaries are built (in release) and run.
-PACKAGES=(orchestrator worker)
+PACKAGES=(orchestrator worker users rides)
 # How long a service may take to answer GET /health, and to exit after SIGTERM.
 START_TIMEOUT_SECS=60
 STOP_TIMEOUT_SECS=10
@@ -152,6 +158,18 @@ cargo build --release --bins "${PACKAGES[@]/#/--package=}"
 # The orchestrator stops its workers when it stops: run.sh owns the whole cluster.
 start_service orchestrator "http://$ORCHESTRATOR_LISTEN" \
     target/release/orchestrator --listen "$ORCHESTRATOR_LISTEN" --stop-workers-on-shutdown
+# Each service creates the shared schema through the orchestrator before it reports healthy.
+start_service users "http://$USERS_LISTEN" \
+    target/release/users --listen "$USERS_LISTEN" --orchestrator-url "http://$ORCHESTRATOR_LISTEN" \
+    --data-dir data/users
+# Rides checks users through the gateway, which starts last: its first check waits for it, the start does not.
+start_service rides "http://$RIDES_LISTEN" \
+    target/release/rides --listen "$RIDES_LISTEN" --orchestrator-url "http://$ORCHESTRATOR_LISTEN" \
+    --gateway-url "http://$GATEWAY_LISTEN" --data-dir data/rides
+# The gateway's /health is the rides service's, through nginx: both are up.
+start_service gateway "http://$GATEWAY_LISTEN" \
+    scripts/gateway.sh --listen "$GATEWAY_LISTEN" --users "$USERS_LISTEN" --rides "$RIDES_LISTEN" \
+    --runtime-dir data/gateway
 
 echo >&2
 echo "RideShare is running; Ctrl-C stops it." >&2

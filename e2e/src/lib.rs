@@ -1,12 +1,17 @@
 //! The vocabulary of the end-to-end tests: a real cluster — the orchestrator in-process on port 0, real worker
 //! processes, the real RabbitMQ and ZooKeeper — and the moves a test makes on it (`cluster.write_ok(..)`,
-//! `cluster.kill(..)`, `cluster.add_slave()`, `cluster.assert_all_identical()`).
+//! `cluster.kill(..)`, `cluster.crash_master()`, `cluster.restart_orchestrator()`,
+//! `cluster.assert_all_identical()`).
 //!
 //! Each cluster lives in its own namespace (queues and znodes) and temporary folder, so tests run in parallel on
 //! one broker and one ZooKeeper without seeing each other. Waiting is always polling with a deadline, never a
-//! bare sleep.
+//! bare sleep. However a test ends, no worker of its namespace outlives it (see `Drop for Cluster`).
 
+pub mod system;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,14 +28,44 @@ use tokio::task::JoinHandle;
 pub const SETTLE: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
-    /// `http://127.0.0.1:<port>` of the orchestrator.
+    /// `http://127.0.0.1:<port>` of the orchestrator; the same port across orchestrator restarts.
     pub base: String,
     pub names: Names,
-    http: reqwest::Client,
-    handle: ClusterHandle,
+    /// Replaced at each orchestrator restart, so that no pooled connection still reaches the old one.
+    http: RwLock<reqwest::Client>,
+    config: orchestrator::Config,
+    /// `std::sync::Mutex`: held only to swap or read the orchestrator, never across an `.await`.
+    orchestrator: Mutex<Option<Orchestrator>>,
     data: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The orchestrator of the moment, serving in a task of the test's runtime.
+struct Orchestrator {
+    handle: ClusterHandle,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// How a test wants its cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub slaves: usize,
+    pub request_timeout_ms: u64,
+    /// How long the orchestrator retries a write or a read that meets a failover; `None`: its default.
+    pub retry_deadline_ms: Option<u64>,
+    /// Whether the orchestrator replaces dead workers (tests that watch a cluster degrade turn it off).
+    pub self_healing: bool,
+}
+
+impl Options {
+    pub fn new(slaves: usize) -> Self {
+        Self {
+            slaves,
+            request_timeout_ms: 3000,
+            retry_deadline_ms: None,
+            self_healing: true,
+        }
+    }
 }
 
 /// The worker binary cargo built beside the test binary (`target/<profile>/worker`).
@@ -53,45 +88,172 @@ pub fn st(sql: &str, params: Vec<Value>) -> Statement {
     Statement::new(sql, params)
 }
 
+/// The orchestrator's log, captured per test (shown when a test fails): `RUST_LOG` or, by default, what the
+/// supervisor decides and every warning.
+fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,orchestrator=info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Whether process `pid` is running (a zombie, dead but not reaped yet, is not).
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILLs process `pid` from outside, as a crash would, without telling the orchestrator.
+pub fn sigkill(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a valid pid");
+    // Gone already is fine: the point is that it is not running.
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+}
+
+/// The pids of every process running a worker of `namespace` (by its command line).
+fn worker_pids_of(namespace: &str) -> Vec<u32> {
+    let wanted = format!("\0--namespace\0{namespace}\0");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(wanted.len()).any(|w| w == wanted.as_bytes()))
+        })
+        .collect()
+}
+
 impl Cluster {
     /// A cluster with one master and `slaves` slaves, all in sync.
     pub async fn start(slaves: usize) -> Cluster {
-        Self::start_with(slaves, 3000).await
+        Self::start_opts(Options::new(slaves)).await
     }
 
     pub async fn start_with(slaves: usize, request_timeout_ms: u64) -> Cluster {
+        Self::start_opts(Options {
+            request_timeout_ms,
+            ..Options::new(slaves)
+        })
+        .await
+    }
+
+    pub async fn start_opts(options: Options) -> Cluster {
+        init_logging();
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let data = tempfile::tempdir().expect("temp dir");
         let mut config = orchestrator::Config::defaults();
         config.namespace = namespace.clone();
         config.data_dir = data.path().to_owned();
         config.worker_bin = Some(worker_bin());
-        config.request_timeout_ms = request_timeout_ms;
-        config.initial_slaves = slaves;
+        config.request_timeout_ms = options.request_timeout_ms;
+        if let Some(deadline) = options.retry_deadline_ms {
+            config.write_deadline_ms = deadline;
+            config.read_deadline_ms = deadline;
+        }
+        config.initial_slaves = options.slaves;
+        config.self_healing = options.self_healing;
         config.stop_workers_on_shutdown = true;
-        let app = orchestrator::start(config)
-            .await
-            .expect("the orchestrator starts");
-        let handle = app.cluster();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let cluster = Cluster {
+            base,
+            names: Names::new(&namespace),
+            http: RwLock::new(reqwest::Client::new()),
+            config,
+            orchestrator: Mutex::new(None),
+            data,
+        };
+        cluster.launch(listener).await;
+        cluster.wait_for_in_sync(options.slaves).await;
+        cluster
+    }
+
+    /// Starts an orchestrator on `listener` with this cluster's configuration.
+    async fn launch(&self, listener: tokio::net::TcpListener) {
+        let app = orchestrator::start(self.config.clone())
+            .await
+            .expect("the orchestrator starts");
+        let handle = app.cluster();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
         }));
-        let cluster = Cluster {
-            base,
-            names: Names::new(&namespace),
-            http: reqwest::Client::new(),
+        *self.orchestrator.lock().expect("orchestrator lock") = Some(Orchestrator {
             handle,
-            data,
-            stop: Some(stop),
-            server: Some(server),
+            stop,
+            server,
+        });
+    }
+
+    fn handle(&self) -> ClusterHandle {
+        self.orchestrator
+            .lock()
+            .expect("orchestrator lock")
+            .as_ref()
+            .expect("an orchestrator is running")
+            .handle
+            .clone()
+    }
+
+    /// Stops the orchestrator the hard way, as SIGKILL would: its tasks end at once, nothing is cleaned up,
+    /// the workers keep running.
+    pub async fn kill_orchestrator(&self) {
+        let running = self.orchestrator.lock().expect("orchestrator lock").take();
+        if let Some(Orchestrator { stop, server, .. }) = running {
+            // Aborting the server drops the App, which stops every task of the orchestrator. The stop signal
+            // is dropped only once that is done: dropping it is a clean shutdown's signal.
+            server.abort();
+            let _ = server.await;
+            drop(stop);
+        }
+    }
+
+    /// Kills the orchestrator (see [`Cluster::kill_orchestrator`]) and starts a new one on the same port,
+    /// namespace and data folder. It must adopt whatever runs (or restore whatever was stopped).
+    pub async fn restart_orchestrator(&self) {
+        self.kill_orchestrator().await;
+        *self.http.write().expect("client lock") = reqwest::Client::new();
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        // The old listener is dropped with the aborted server task; binding again may race that drop.
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(&addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "could not bind {addr} again: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         };
-        cluster.wait_for_in_sync(slaves).await;
-        cluster
+        self.launch(listener).await;
+    }
+
+    /// Stops the whole system the hard way: the orchestrator as with [`Cluster::kill_orchestrator`], and
+    /// every worker with SIGKILL. Only the folders remain (and ZooKeeper's records, until sessions expire).
+    pub async fn kill_everything(&self) -> Vec<u32> {
+        self.kill_orchestrator().await;
+        let pids = worker_pids_of(self.names.namespace());
+        for &pid in &pids {
+            sigkill(pid);
+        }
+        for &pid in &pids {
+            wait_until(|| !is_running(pid), "a killed worker to end").await;
+        }
+        pids
     }
 
     /// Waits until there is a master and exactly `n` slaves in sync.
@@ -100,46 +262,105 @@ impl Cluster {
             .await
     }
 
+    /// Waits until exactly `n` workers are registered: a master, and slaves that are all in sync (and no
+    /// dead slave still counted in sync).
+    pub async fn wait_for_workers(&self, n: usize) -> ClusterView {
+        self.wait_for(|v| {
+            let Some(master) = &v.master else {
+                return false;
+            };
+            let slaves: BTreeSet<&String> =
+                v.workers.keys().filter(|id| **id != master.id).collect();
+            let in_sync: BTreeSet<&String> = v.in_sync_members().iter().collect();
+            v.workers.len() == n && v.workers.contains_key(&master.id) && slaves == in_sync
+        })
+        .await
+    }
+
     pub async fn wait_for(&self, condition: impl FnMut(&ClusterView) -> bool) -> ClusterView {
-        self.handle
+        self.handle()
             .wait_for(SETTLE, condition)
             .await
             .expect("cluster state")
     }
 
     pub fn view(&self) -> ClusterView {
-        self.handle.view()
+        self.handle().view()
     }
 
     pub fn master_id(&self) -> String {
         self.view().master.expect("a master").id
     }
 
+    /// The master's pid, as ZooKeeper records it.
+    pub fn master_pid(&self) -> u32 {
+        self.view().master.expect("a master").pid
+    }
+
     pub fn slave_ids(&self) -> Vec<String> {
         self.view().in_sync_members().to_vec()
     }
 
-    /// Starts one more slave and waits until it is in sync.
+    /// Starts one more slave (the orchestrator keeps it from then on) and waits until it is in sync; returns
+    /// its id.
     pub async fn add_slave(&self) -> String {
-        let id = self.handle.start_slave().await.expect("slave starts");
+        let id = self.handle().add_slave().await.expect("slave starts");
         let wanted = id.clone();
         self.wait_for(move |v| v.in_sync_members().contains(&wanted))
             .await;
         id
     }
 
-    /// SIGKILLs a worker.
+    /// Sets how many slaves the orchestrator keeps, as the scaling policy does.
+    pub async fn set_target_slaves(&self, n: usize) {
+        self.handle()
+            .set_target_slaves(n)
+            .await
+            .expect("target set");
+    }
+
+    pub fn target_slaves(&self) -> usize {
+        self.handle().target_slaves()
+    }
+
+    /// Kills a worker with SIGKILL through the orchestrator, which replaces it (when self-healing) like any
+    /// dead worker.
     pub async fn kill(&self, id: &str) {
         assert!(
-            self.handle.kill_worker(id).await.expect("kill"),
+            self.handle().kill_worker(id).await.expect("kill"),
             "worker {id} was not running"
         );
+    }
+
+    /// `POST /api/v1/crash/master`: the pid killed, after checking the answer is `200 [pid]`.
+    pub async fn crash_master(&self) -> u32 {
+        self.crash("/api/v1/crash/master").await
+    }
+
+    /// `POST /api/v1/crash/slave`: the pid killed, after checking the answer is `200 [pid]`.
+    pub async fn crash_slave(&self) -> u32 {
+        self.crash("/api/v1/crash/slave").await
+    }
+
+    async fn crash(&self, path: &str) -> u32 {
+        let (status, body) = self.post(path, &json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let pids: Vec<u32> = serde_json::from_value(body.clone()).expect("[pid]");
+        assert_eq!(pids.len(), 1, "{path}: {body}");
+        pids[0]
+    }
+
+    /// `GET /api/v1/worker/list`.
+    pub async fn worker_list(&self) -> Vec<u32> {
+        let (status, body) = self.get("/api/v1/worker/list").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).expect("a list of pids")
     }
 
     /// Pids of the live worker processes, ascending.
     pub async fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self
-            .handle
+            .handle()
             .processes()
             .await
             .expect("processes")
@@ -151,7 +372,7 @@ impl Cluster {
     }
 
     pub async fn live_ids(&self) -> Vec<String> {
-        self.handle
+        self.handle()
             .processes()
             .await
             .expect("processes")
@@ -186,18 +407,22 @@ impl Cluster {
         expected
     }
 
+    fn client(&self) -> reqwest::Client {
+        self.http.read().expect("client lock").clone()
+    }
+
     pub async fn post(
         &self,
         path: &str,
         body: &serde_json::Value,
     ) -> (StatusCode, serde_json::Value) {
-        self.request(self.http.post(self.url(path)).json(body))
+        self.request(self.client().post(self.url(path)).json(body))
             .await
     }
 
     pub async fn post_raw(&self, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
         let req = self
-            .http
+            .client()
             .post(self.url(path))
             .header("content-type", "application/json")
             .body(body.to_owned());
@@ -205,7 +430,7 @@ impl Cluster {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        self.request(self.http.get(self.url(path))).await
+        self.request(self.client().get(self.url(path))).await
     }
 
     pub async fn write(&self, statements: Vec<Statement>) -> (StatusCode, serde_json::Value) {
@@ -219,7 +444,7 @@ impl Cluster {
         statements: Vec<Statement>,
     ) -> (StatusCode, serde_json::Value) {
         let req = self
-            .http
+            .client()
             .post(self.url("/api/v1/db/write"))
             .header("Idempotency-Key", key)
             .json(&json!({ "statements": statements }));
@@ -248,15 +473,49 @@ impl Cluster {
     }
 
     async fn request(&self, req: reqwest::RequestBuilder) -> (StatusCode, serde_json::Value) {
-        let resp = req.send().await.expect("orchestrator answers");
+        self.try_request(req).await.expect("orchestrator answers")
+    }
+
+    /// A write that reports a connection failure (an orchestrator being killed) instead of panicking.
+    pub async fn try_write_with_key(
+        &self,
+        key: &str,
+        statements: Vec<Statement>,
+    ) -> Result<(StatusCode, serde_json::Value), reqwest::Error> {
+        let req = self
+            .client()
+            .post(self.url("/api/v1/db/write"))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "statements": statements }));
+        self.try_request(req).await
+    }
+
+    /// A read that reports a connection failure (an orchestrator being restarted) instead of panicking.
+    pub async fn try_read(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<(StatusCode, serde_json::Value), reqwest::Error> {
+        let req = self
+            .client()
+            .post(self.url("/api/v1/db/read"))
+            .json(&json!({ "sql": sql, "params": params }));
+        self.try_request(req).await
+    }
+
+    async fn try_request(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, serde_json::Value), reqwest::Error> {
+        let resp = req.send().await?;
         let status = resp.status();
-        let text = resp.text().await.expect("body");
+        let text = resp.text().await?;
         let body = if text.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
         };
-        (status, body)
+        Ok((status, body))
     }
 
     /// Publishes raw bytes on the cluster's broker, as a misbehaving client could.
@@ -287,25 +546,41 @@ impl Cluster {
     }
 
     /// Stops the orchestrator and kills the workers.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server
+    pub async fn stop(&self) {
+        let running = self.orchestrator.lock().expect("orchestrator lock").take();
+        if let Some(o) = running {
+            let _ = o.stop.send(());
+            o.server
                 .await
                 .expect("server task")
                 .expect("orchestrator stopped cleanly");
         }
+        // Drop kills any worker left (one the orchestrator did not know of).
+    }
+}
+
+/// Polls `done` until it holds, for at most [`SETTLE`].
+pub async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {SETTLE:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // A test that panicked never reached stop(): the orchestrator's runtime kills its workers when the
-        // test's runtime drops them; sending the stop signal here covers a cluster dropped early on purpose.
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        // A test that panicked never reached stop(). Its orchestrator's tasks end with the test's runtime (and
+        // the workers it started with them), but workers adopted after an orchestrator restart are nobody's
+        // children: every process of this namespace is killed here, whoever started it.
+        if let Some(o) = self.orchestrator.get_mut().ok().and_then(Option::take) {
+            o.server.abort();
+        }
+        for pid in worker_pids_of(self.names.namespace()) {
+            sigkill(pid);
         }
     }
 }

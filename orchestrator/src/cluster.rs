@@ -1,22 +1,50 @@
-//! Control of the worker cluster: starting and killing workers, and reading what ZooKeeper says about them.
+//! The [`ClusterHandle`]: what the rest of the orchestrator (the HTTP API, the scaling policy, tests) holds to
+//! look at the cluster and to ask the supervisor for changes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use protocol::{Role, WorkerInfo};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::runtime::{WorkerProcess, WorkerRuntime, WorkerSpec};
 use crate::view::ClusterView;
 
-/// A cheap, cloneable handle on the cluster. The workers themselves are owned by the runtime, and what they
-/// say about themselves comes from the ZooKeeper view.
+/// A cheap, cloneable handle on the cluster. The supervisor owns the workers and the desired state; what the
+/// workers say about themselves comes from the ZooKeeper view.
 #[derive(Clone)]
 pub struct ClusterHandle {
-    runtime: Arc<dyn WorkerRuntime>,
+    supervisor: mpsc::Sender<Msg>,
     view: watch::Receiver<ClusterView>,
-    template: WorkerTemplate,
+    target: watch::Receiver<usize>,
+    runtime: Arc<dyn WorkerRuntime>,
+}
+
+/// What the supervisor is asked to do.
+pub(crate) enum Msg {
+    SetTarget(usize),
+    AddSlave {
+        done: oneshot::Sender<anyhow::Result<String>>,
+    },
+    Crash {
+        role: Role,
+        done: oneshot::Sender<anyhow::Result<Option<u32>>>,
+    },
+    Kill {
+        id: String,
+        done: oneshot::Sender<anyhow::Result<bool>>,
+    },
+    /// A retiring slave's grace is over: kill it if it still runs.
+    RetireDue {
+        id: String,
+        pid: u32,
+    },
+    Shutdown {
+        kill_workers: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// What every worker of this cluster shares.
@@ -29,64 +57,107 @@ pub struct WorkerTemplate {
     pub namespace: String,
 }
 
+impl WorkerTemplate {
+    pub fn spec(&self, id: &str, role: Role) -> WorkerSpec {
+        WorkerSpec {
+            id: id.to_owned(),
+            role,
+            data_dir: self.data_dir.join("workers").join(id),
+            amqp_url: self.amqp_url.clone(),
+            zk: self.zk.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+/// The crash APIs, as the HTTP layer sees them (a trait, so handlers are tested without a cluster).
+pub trait Control: Send + Sync + 'static {
+    /// SIGKILLs the master, or the slave with the highest pid, and returns its pid once it is gone and
+    /// forgotten by ZooKeeper; `Ok(None)` when there is no such worker.
+    fn crash(&self, role: Role) -> BoxFuture<'_, anyhow::Result<Option<u32>>>;
+}
+
 impl ClusterHandle {
-    pub fn new(
-        runtime: Arc<dyn WorkerRuntime>,
+    pub(crate) fn new(
+        supervisor: mpsc::Sender<Msg>,
         view: watch::Receiver<ClusterView>,
-        template: WorkerTemplate,
+        target: watch::Receiver<usize>,
+        runtime: Arc<dyn WorkerRuntime>,
     ) -> Self {
         Self {
-            runtime,
+            supervisor,
             view,
-            template,
+            target,
+            runtime,
         }
     }
 
-    /// Starts a worker that takes the master role; returns its id.
-    pub async fn start_master(&self) -> anyhow::Result<String> {
-        self.start(Role::Master).await
+    async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<T>) -> Msg) -> anyhow::Result<T> {
+        let (done, answer) = oneshot::channel();
+        self.supervisor
+            .send(msg(done))
+            .await
+            .map_err(|_| anyhow::anyhow!("the supervisor has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the supervisor has stopped"))
     }
 
-    /// Starts a slave (it catches up and joins the in-sync set by itself); returns its id.
-    pub async fn start_slave(&self) -> anyhow::Result<String> {
-        self.start(Role::Slave).await
+    /// Sets how many slaves the supervisor keeps. Slaves removed to get there are stopped on purpose, not
+    /// treated as crashes.
+    pub async fn set_target_slaves(&self, n: usize) -> anyhow::Result<()> {
+        self.supervisor
+            .send(Msg::SetTarget(n))
+            .await
+            .map_err(|_| anyhow::anyhow!("the supervisor has stopped"))
     }
 
-    async fn start(&self, role: Role) -> anyhow::Result<String> {
-        let id = new_worker_id();
-        let spec = WorkerSpec {
-            id: id.clone(),
-            role,
-            data_dir: self.template.data_dir.join("workers").join(&id),
-            amqp_url: self.template.amqp_url.clone(),
-            zk: self.template.zk.clone(),
-            namespace: self.template.namespace.clone(),
-        };
-        self.runtime.start(spec).await?;
-        Ok(id)
+    /// Starts one more slave now and keeps it: the target grows by one, even when self-healing is off. Returns
+    /// its id; it catches up and joins the in-sync set by itself.
+    pub async fn add_slave(&self) -> anyhow::Result<String> {
+        self.ask(|done| Msg::AddSlave { done }).await?
+    }
+
+    /// The number of slaves the supervisor keeps.
+    pub fn target_slaves(&self) -> usize {
+        *self.target.borrow()
+    }
+
+    /// SIGKILLs the master (`Role::Master`) or the slave with the highest pid, as the crash APIs do.
+    pub async fn crash(&self, role: Role) -> anyhow::Result<Option<u32>> {
+        self.ask(|done| Msg::Crash { role, done }).await?
+    }
+
+    /// SIGKILLs worker `id` and waits until it is gone; the supervisor replaces it as after any crash.
+    /// `Ok(false)` when it is not running.
+    pub async fn kill_worker(&self, id: &str) -> anyhow::Result<bool> {
+        let id = id.to_owned();
+        self.ask(|done| Msg::Kill { id, done }).await?
+    }
+
+    /// Stops the supervisor, and kills the workers if asked; otherwise they keep running. Done already is
+    /// fine.
+    pub async fn shutdown(&self, kill_workers: bool) {
+        let (done, answer) = oneshot::channel();
+        if self
+            .supervisor
+            .send(Msg::Shutdown { kill_workers, done })
+            .await
+            .is_ok()
+        {
+            // Dropped unanswered only if the supervisor ended meanwhile: stopped either way.
+            let _ = answer.await;
+        }
     }
 
     /// The registered workers as `GET /api/v1/workers` shows them, by ascending pid.
-    pub async fn workers(&self) -> anyhow::Result<Vec<WorkerInfo>> {
-        Ok(self.view.borrow().worker_infos())
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.view.borrow().worker_infos()
     }
 
-    /// SIGKILLs a worker this orchestrator started. `Ok(false)` when it is not alive (or not ours).
-    pub async fn kill_worker(&self, id: &str) -> anyhow::Result<bool> {
-        self.runtime.kill(id).await
-    }
-
-    /// The live workers this orchestrator started, by ascending pid.
+    /// The live worker processes the supervisor runs (started or adopted), by ascending pid.
     pub async fn processes(&self) -> anyhow::Result<Vec<WorkerProcess>> {
         self.runtime.list().await
-    }
-
-    /// Kills every worker this orchestrator started.
-    pub async fn kill_all(&self) -> anyhow::Result<()> {
-        for worker in self.runtime.list().await? {
-            self.runtime.kill(&worker.id).await?;
-        }
-        Ok(())
     }
 
     /// The current view of ZooKeeper.
@@ -117,9 +188,15 @@ impl ClusterHandle {
     }
 }
 
+impl Control for ClusterHandle {
+    fn crash(&self, role: Role) -> BoxFuture<'_, anyhow::Result<Option<u32>>> {
+        Box::pin(ClusterHandle::crash(self, role))
+    }
+}
+
 /// `w-` and 8 random hex digits: short enough for logs, random enough never to meet an old worker's znode or
 /// sync queue.
-fn new_worker_id() -> String {
+pub fn new_worker_id() -> String {
     let hex = uuid::Uuid::new_v4().simple().to_string();
     format!("w-{}", &hex[..8])
 }
@@ -137,5 +214,19 @@ mod tests {
         assert!(a
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    #[test]
+    fn a_worker_keeps_its_database_in_its_own_folder() {
+        let t = WorkerTemplate {
+            data_dir: "/data".into(),
+            amqp_url: "amqp://x".into(),
+            zk: "zk:1".into(),
+            namespace: "ns".into(),
+        };
+        let spec = t.spec("w-1", Role::Slave);
+        assert_eq!(spec.data_dir, PathBuf::from("/data/workers/w-1"));
+        assert_eq!(spec.role, Role::Slave);
+        assert_eq!(spec.namespace, "ns");
     }
 }

@@ -13,6 +13,8 @@ const DEFAULT_ZK: &str = "127.0.0.1:2181";
 const DEFAULT_DATA_DIR: &str = "./data/orchestrator";
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_INITIAL_SLAVES: usize = 1;
+const DEFAULT_WRITE_DEADLINE_MS: u64 = 10_000;
+const DEFAULT_READ_DEADLINE_MS: u64 = 10_000;
 
 /// RideShare orchestrator: the database API (`db/read`, `db/write`) and control of the worker cluster.
 #[derive(Debug, Clone, Parser)]
@@ -50,9 +52,29 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
 
-    /// Number of slaves started next to the master when ZooKeeper shows no cluster at all.
+    /// How long a `db/write` or `db/clear` keeps trying while there is no master, the master does not answer,
+    /// or it answers that it cannot replicate (a failover under way), before answering 503. Every attempt
+    /// carries the same idempotency key, so a retry never applies twice. 10 s covers a failover after a real
+    /// crash (the ZooKeeper session timeout, 4 s, then the election and a slave rejoining) with room to spare; a
+    /// failover started by `crash/master` takes well under a second. 0: one attempt only.
+    #[arg(long, env = "RIDESHARE_WRITE_DEADLINE_MS", default_value_t = DEFAULT_WRITE_DEADLINE_MS)]
+    pub write_deadline_ms: u64,
+
+    /// How long a `db/read` keeps trying while no slave is in sync or no slave answers, before answering 503.
+    /// The same 10 s as writes: a replacement slave catches up and serves within a few seconds. 0: one attempt.
+    #[arg(long, env = "RIDESHARE_READ_DEADLINE_MS", default_value_t = DEFAULT_READ_DEADLINE_MS)]
+    pub read_deadline_ms: u64,
+
+    /// Number of slaves kept next to the master, until the scaling policy changes it (the supervisor replaces
+    /// dead slaves to keep this many). An orchestrator that finds a running cluster with more slaves keeps them.
     #[arg(long, env = "RIDESHARE_INITIAL_SLAVES", default_value_t = DEFAULT_INITIAL_SLAVES)]
     pub initial_slaves: usize,
+
+    /// Replace dead workers and keep the number of slaves at its target. Off only for tests that watch a
+    /// cluster degrade; crash APIs and the worker lists work either way.
+    #[arg(long, env = "RIDESHARE_SELF_HEALING", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub self_healing: bool,
 
     /// Kill the workers this process started when it shuts down. Off by default: workers outlive an
     /// orchestrator restart, so the database stays up while the orchestrator is replaced.
@@ -76,13 +98,24 @@ impl Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             worker_bin: None,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            write_deadline_ms: DEFAULT_WRITE_DEADLINE_MS,
+            read_deadline_ms: DEFAULT_READ_DEADLINE_MS,
             initial_slaves: DEFAULT_INITIAL_SLAVES,
+            self_healing: true,
             stop_workers_on_shutdown: false,
         }
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn write_deadline(&self) -> Duration {
+        Duration::from_millis(self.write_deadline_ms)
+    }
+
+    pub fn read_deadline(&self) -> Duration {
+        Duration::from_millis(self.read_deadline_ms)
     }
 
     /// The worker binary: the configured one, else `worker` in the directory of the running executable (where
@@ -149,6 +182,13 @@ mod tests {
         assert_eq!(c.request_timeout(), Duration::from_millis(200));
         assert!(c.stop_workers_on_shutdown);
         assert_eq!(c.initial_slaves, 1);
+        assert!(c.self_healing);
+    }
+
+    #[test]
+    fn self_healing_can_be_turned_off() {
+        let c = Config::try_parse_from(["orchestrator", "--self-healing", "false"]).unwrap();
+        assert!(!c.self_healing);
     }
 
     #[test]

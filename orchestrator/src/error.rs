@@ -45,6 +45,15 @@ impl Error {
         }
     }
 
+    /// A failure that may go away by itself (a failover, a broker reconnection): worth another attempt.
+    /// Client errors and bugs are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::NoMaster | Error::NoSlaveInSync | Error::Unavailable(_)
+        )
+    }
+
     /// The text sent to the client: the Display of the variant, which for 5xx never includes the cause.
     fn public_message(&self) -> String {
         match self {
@@ -106,6 +115,15 @@ mod tests {
             assert!(status.is_server_error());
             assert!(!msg.contains("secret"), "{msg}");
         }
+    }
+
+    #[test]
+    fn only_unavailability_is_worth_retrying() {
+        assert!(Error::NoMaster.is_transient());
+        assert!(Error::NoSlaveInSync.is_transient());
+        assert!(Error::Unavailable(anyhow::anyhow!("x")).is_transient());
+        assert!(!Error::BadRequest("x".into()).is_transient());
+        assert!(!Error::Internal(anyhow::anyhow!("x")).is_transient());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The HTTP API: routes, handlers, and the strict JSON body extractor.
 //!
-//! Handlers read the cluster from the cached ZooKeeper view (never from ZooKeeper itself) to fail fast with
-//! 503 when no worker could answer, and otherwise make one RPC to the workers over RabbitMQ.
+//! Handlers read the cluster from the cached ZooKeeper view (never from ZooKeeper itself) to know whether a
+//! worker could answer, and make RPCs to the workers over RabbitMQ. A request that meets a failover (no
+//! master, no slave in sync, no answer, or a master that cannot replicate) is tried again, with the same
+//! idempotency key for a write, after a short pause that ends early when the view shows the cluster ready,
+//! until its deadline; then it gets 503. A 400 is never retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +16,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::queue::{Command, CommandReply, ReadReply};
-use protocol::{Names, ReadRequest, ReadResponse, WorkerInfo, WriteRequest, WriteResponse};
+use protocol::{Names, ReadRequest, ReadResponse, Role, WorkerInfo, WriteRequest, WriteResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::cluster::Control;
 use crate::error::Error;
 use crate::rpc::Rpc;
 use crate::view::ClusterView;
@@ -29,14 +34,27 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest `Idempotency-Key` accepted; keys are stored by the master, so they must stay small.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
+/// The first pause between two attempts of a request, doubled after each failed one up to the last. Short at
+/// first because a failover started by `crash/master` is over in well under a second; a pause ends early
+/// anyway once the view shows the cluster ready.
+const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// An attempt is not started with less time than this left before the deadline: it could not succeed.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub rpc: Arc<dyn Rpc>,
+    pub control: Arc<dyn Control>,
     pub view: watch::Receiver<ClusterView>,
     pub names: Names,
-    /// How long a request waits for a worker before answering 503.
+    /// How long one attempt waits for a worker's answer.
     pub request_timeout: Duration,
+    /// How long a write keeps being retried (see `Config::write_deadline_ms`).
+    pub write_deadline: Duration,
+    /// How long a read keeps being retried (see `Config::read_deadline_ms`).
+    pub read_deadline: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/db/write", post(write))
         .route("/api/v1/db/read", post(read))
         .route("/api/v1/db/clear", post(clear))
+        .route("/api/v1/crash/master", post(crash_master))
+        .route("/api/v1/crash/slave", post(crash_slave))
         .route("/api/v1/worker/list", get(worker_list))
         .route("/api/v1/workers", get(workers))
         // Must come after the routes: it applies to the method routers registered so far. axum still adds
@@ -75,10 +95,11 @@ async fn write(
     headers: HeaderMap,
     JsonBody(request): JsonBody<WriteRequest>,
 ) -> Result<Json<WriteResponse>, Error> {
-    // Without a key from the client one is made up, so that a redelivery by the broker still applies once.
+    // Without a key from the client one is made up, so that a retry, ours or the broker's redelivery, still
+    // applies once.
     let key = idempotency_key(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let reply = state
-        .command(Command::Write {
+        .command(&Command::Write {
             key,
             statements: request.statements,
         })
@@ -91,7 +112,7 @@ async fn write(
 
 async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     let key = uuid::Uuid::new_v4().to_string();
-    match state.command(Command::Clear { key }).await? {
+    match state.command(&Command::Clear { key }).await? {
         CommandReply::Written(_) => Ok(Json(Empty {})),
         other => Err(command_failure(other)),
     }
@@ -101,13 +122,45 @@ async fn read(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ReadRequest>,
 ) -> Result<Json<ReadResponse>, Error> {
-    if state.view.borrow().in_sync_members().is_empty() {
-        return Err(Error::NoSlaveInSync);
+    let body = encode(&request)?;
+    let queue = state.names.read_queue();
+    let mut retry = Retry::new(state.read_deadline);
+    loop {
+        let outcome = if state.view.borrow().in_sync_members().is_empty() {
+            Err(Error::NoSlaveInSync)
+        } else {
+            let timeout = retry.attempt_timeout(state.request_timeout);
+            state.call::<ReadReply>(&queue, body.clone(), timeout).await
+        };
+        match outcome {
+            Ok(ReadReply::Rows(rows)) => return Ok(Json(rows)),
+            Ok(ReadReply::Rejected { error }) => return Err(Error::BadRequest(error)),
+            Err(e) if e.is_transient() => {
+                if !retry.pause(&state.view, can_read).await {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let reply: ReadReply = state.call(state.names.read_queue(), &request).await?;
-    match reply {
-        ReadReply::Rows(rows) => Ok(Json(rows)),
-        ReadReply::Rejected { error } => Err(Error::BadRequest(error)),
+}
+
+async fn crash_master(State(state): State<AppState>) -> Result<Json<Vec<u32>>, Error> {
+    crash(&state, Role::Master).await
+}
+
+async fn crash_slave(State(state): State<AppState>) -> Result<Json<Vec<u32>>, Error> {
+    crash(&state, Role::Slave).await
+}
+
+async fn crash(state: &AppState, role: Role) -> Result<Json<Vec<u32>>, Error> {
+    match state.control.crash(role).await {
+        Ok(Some(pid)) => Ok(Json(vec![pid])),
+        Ok(None) => Err(Error::BadRequest(match role {
+            Role::Master => "there is no master".to_owned(),
+            Role::Slave => "there is no slave".to_owned(),
+        })),
+        Err(e) => Err(Error::Internal(e.context("crashing a worker"))),
     }
 }
 
@@ -119,25 +172,60 @@ async fn workers(State(state): State<AppState>) -> Json<Vec<WorkerInfo>> {
     Json(state.view.borrow().worker_infos())
 }
 
+/// The cluster can take a write: a master with a slave in sync.
+fn can_write(view: &ClusterView) -> bool {
+    view.is_healthy()
+}
+
+/// The cluster can serve a read: a slave in sync with the current master.
+fn can_read(view: &ClusterView) -> bool {
+    !view.in_sync_members().is_empty()
+}
+
 impl AppState {
-    /// Sends a command to the master, failing at once when there is none.
-    async fn command(&self, command: Command) -> Result<CommandReply, Error> {
-        if self.view.borrow().master.is_none() {
-            return Err(Error::NoMaster);
+    /// Sends a command to the master, retrying the very same command (so the same idempotency key: it applies
+    /// at most once however many attempts reach a master) while the failure is transient, until the write
+    /// deadline. Returns the first answer that is not `Unavailable`, or the last failure.
+    async fn command(&self, command: &Command) -> Result<CommandReply, Error> {
+        let body = encode(command)?;
+        let queue = self.names.write_queue();
+        let mut retry = Retry::new(self.write_deadline);
+        loop {
+            let outcome = if self.view.borrow().master.is_none() {
+                Err(Error::NoMaster)
+            } else {
+                let timeout = retry.attempt_timeout(self.request_timeout);
+                match self
+                    .call::<CommandReply>(&queue, body.clone(), timeout)
+                    .await
+                {
+                    Ok(CommandReply::Unavailable { error }) => Err(Error::Unavailable(
+                        anyhow::anyhow!("the master answered: {error}"),
+                    )),
+                    other => other,
+                }
+            };
+            match outcome {
+                Err(e) if e.is_transient() => {
+                    if !retry.pause(&self.view, can_write).await {
+                        return Err(e);
+                    }
+                    tracing::debug!("retrying a command after: {e}");
+                }
+                other => return other,
+            }
         }
-        self.call(self.names.write_queue(), &command).await
     }
 
-    async fn call<Req: Serialize, Rep: DeserializeOwned>(
+    async fn call<Rep: DeserializeOwned>(
         &self,
-        queue: String,
-        request: &Req,
+        queue: &str,
+        body: Vec<u8>,
+        timeout: Duration,
     ) -> Result<Rep, Error> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| Error::Internal(anyhow::anyhow!("encoding a request: {e}")))?;
         let reply = self
             .rpc
-            .call(&queue, body, self.request_timeout)
+            .call(queue, body, timeout)
             .await
             .map_err(|e| Error::Unavailable(anyhow::anyhow!("request on {queue}: {e}")))?;
         serde_json::from_slice(&reply).map_err(|e| {
@@ -146,6 +234,61 @@ impl AppState {
                 String::from_utf8_lossy(&reply[..reply.len().min(200)])
             ))
         })
+    }
+}
+
+fn encode<T: Serialize>(request: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(request)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("encoding a request: {e}")))
+}
+
+/// The attempts of one request: when the next may start, and how long each may wait.
+struct Retry {
+    deadline: Instant,
+    attempts: u32,
+    pause: Duration,
+}
+
+impl Retry {
+    fn new(budget: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + budget,
+            attempts: 0,
+            pause: RETRY_PAUSE_FIRST,
+        }
+    }
+
+    /// How long the next attempt waits for an answer: the request timeout, cut to what is left before the
+    /// deadline for every attempt but the first (so a deadline of 0 means exactly one full attempt).
+    fn attempt_timeout(&mut self, request_timeout: Duration) -> Duration {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            return request_timeout;
+        }
+        request_timeout.min(self.deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Waits before another attempt: until the view shows the cluster `ready`, or the current pause has
+    /// passed (for a failure the view cannot show, like a master that died unseen), whichever comes first.
+    /// False when the deadline leaves no room for another attempt.
+    async fn pause(
+        &mut self,
+        view: &watch::Receiver<ClusterView>,
+        ready: fn(&ClusterView) -> bool,
+    ) -> bool {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left < MIN_ATTEMPT * 2 {
+            return false;
+        }
+        let wait = self.pause.min(left - MIN_ATTEMPT);
+        self.pause = (self.pause * 2).min(RETRY_PAUSE_MAX);
+        if ready(&view.borrow()) {
+            tokio::time::sleep(wait).await;
+        } else {
+            let mut view = view.clone();
+            let _ = tokio::time::timeout(wait, view.wait_for(ready)).await;
+        }
+        true
     }
 }
 
@@ -159,7 +302,7 @@ fn command_failure(reply: CommandReply) -> Error {
         CommandReply::Written(_) => Error::Internal(anyhow::anyhow!("a write is not a failure")),
         CommandReply::Snapshot(_) | CommandReply::Joined { .. } | CommandReply::Batch { .. } => {
             Error::Internal(anyhow::anyhow!(
-                "the master answered a write with a snapshot or join reply"
+                "the master answered a write with a snapshot, join or batch reply"
             ))
         }
     }
@@ -226,7 +369,7 @@ mod tests {
     use axum::http::{header, HeaderValue, Method};
     use futures::future::BoxFuture;
     use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
-    use protocol::{ErrorBody, Role, StatementResult, Value};
+    use protocol::{ErrorBody, StatementResult, Value};
     use tower::ServiceExt;
 
     use super::*;
@@ -292,18 +435,64 @@ mod tests {
                 members: vec!["s".into()],
             }),
             workers,
+            candidates: Default::default(),
+        }
+    }
+
+    /// Answers the crash APIs with a canned pid (or none), and remembers what it was asked.
+    #[derive(Default)]
+    struct FakeControl {
+        pid: Option<u32>,
+        asked: Mutex<Vec<Role>>,
+    }
+
+    impl Control for FakeControl {
+        fn crash(&self, role: Role) -> BoxFuture<'_, anyhow::Result<Option<u32>>> {
+            self.asked.lock().unwrap().push(role);
+            Box::pin(async move { Ok(self.pid) })
+        }
+    }
+
+    fn state(rpc: Arc<FakeRpc>, view: watch::Receiver<ClusterView>) -> AppState {
+        AppState {
+            rpc,
+            control: Arc::new(FakeControl::default()),
+            view,
+            names: Names::new("test"),
+            request_timeout: Duration::from_millis(100),
+            // One attempt: most tests look at what a single answer becomes.
+            write_deadline: Duration::ZERO,
+            read_deadline: Duration::ZERO,
         }
     }
 
     fn app(rpc: Arc<FakeRpc>, view: ClusterView) -> Router {
         // A receiver still reads the last value once the sender is gone: a fixed view.
         let (_, rx) = watch::channel(view);
-        router(AppState {
-            rpc,
-            view: rx,
-            names: Names::new("test"),
-            request_timeout: Duration::from_millis(100),
+        router(state(rpc, rx))
+    }
+
+    /// Answers the calls in turn with `replies`, then with the last one again.
+    fn replying_in_turn(replies: Vec<Result<Vec<u8>, RpcError>>) -> Arc<FakeRpc> {
+        let replies = Mutex::new(std::collections::VecDeque::from(replies));
+        Arc::new(FakeRpc {
+            reply: Box::new(move || {
+                let mut r = replies.lock().unwrap();
+                let next = if r.len() > 1 { r.pop_front() } else { None };
+                match next {
+                    Some(reply) => reply,
+                    None => match r.front().expect("a reply") {
+                        Ok(bytes) => Ok(bytes.clone()),
+                        Err(_) => Err(RpcError::TimedOut(Duration::from_millis(1))),
+                    },
+                }
+            }),
+            calls: Mutex::default(),
         })
+    }
+
+    fn bytes<T: Serialize>(reply: T) -> Result<Vec<u8>, RpcError> {
+        Ok(serde_json::to_vec(&reply).unwrap())
     }
 
     async fn send(
@@ -781,5 +970,145 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_master_cannot_replicate_is_retried_with_the_same_key_until_it_succeeds() {
+        let unavailable = CommandReply::Unavailable {
+            error: "0 slave(s) in sync".into(),
+        };
+        let rpc = replying_in_turn(vec![
+            Err(RpcError::Closed),
+            bytes(&unavailable),
+            bytes(written()),
+        ]);
+        let (_, rx) = watch::channel(healthy_view());
+        let mut state = state(rpc.clone(), rx);
+        state.write_deadline = Duration::from_secs(10);
+        let (status, _, json) = send(
+            router(state),
+            Method::POST,
+            "/api/v1/db/write",
+            &[("idempotency-key", "k-1")],
+            WRITE,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let calls = rpc.calls.lock().unwrap();
+        assert_eq!(calls.len(), 3);
+        assert!(calls.iter().all(|(_, c)| c["key"] == "k-1"), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_without_a_master_waits_for_one_within_its_deadline() {
+        let mut view = healthy_view();
+        view.master = None;
+        let (tx, rx) = watch::channel(view);
+        let rpc = replying(written());
+        let mut state = state(rpc.clone(), rx);
+        state.write_deadline = Duration::from_secs(10);
+        let elected = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send_replace(healthy_view());
+            tx
+        });
+        let (status, _, _) =
+            send(router(state), Method::POST, "/api/v1/db/write", &[], WRITE).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(rpc.calls.lock().unwrap().len(), 1);
+        drop(elected.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_keeps_failing_gets_503_at_its_deadline() {
+        let (_, rx) = watch::channel(healthy_view());
+        let rpc = failing();
+        let mut state = state(rpc.clone(), rx);
+        state.write_deadline = Duration::from_millis(600);
+        let started = tokio::time::Instant::now();
+        let (status, _, _) =
+            send(router(state), Method::POST, "/api/v1/db/write", &[], WRITE).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(rpc.calls.lock().unwrap().len() >= 2);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_write_is_not_retried() {
+        let rpc = replying(CommandReply::Rejected {
+            error: "no such table: t".into(),
+        });
+        let (_, rx) = watch::channel(healthy_view());
+        let mut state = state(rpc.clone(), rx);
+        state.write_deadline = Duration::from_secs(10);
+        let (status, _, _) =
+            send(router(state), Method::POST, "/api/v1/db/write", &[], WRITE).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(rpc.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_a_slave_in_sync_within_its_deadline() {
+        let mut view = healthy_view();
+        view.in_sync.as_mut().unwrap().members.clear();
+        let (tx, rx) = watch::channel(view);
+        let rpc = replying(ReadReply::Rows(ReadResponse {
+            columns: vec!["1".into()],
+            rows: vec![vec![Value::Integer(1)]],
+        }));
+        let mut state = state(rpc.clone(), rx);
+        state.read_deadline = Duration::from_secs(10);
+        let joined = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send_replace(healthy_view());
+            tx
+        });
+        let (status, _, _) = send(
+            router(state),
+            Method::POST,
+            "/api/v1/db/read",
+            &[],
+            r#"{"sql": "select 1"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(rpc.calls.lock().unwrap().len(), 1);
+        drop(joined.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_crash_apis_return_the_pid_or_400_when_there_is_no_such_worker() {
+        for (pid, expected) in [(Some(42), StatusCode::OK), (None, StatusCode::BAD_REQUEST)] {
+            for (uri, role) in [
+                ("/api/v1/crash/master", Role::Master),
+                ("/api/v1/crash/slave", Role::Slave),
+            ] {
+                let control = Arc::new(FakeControl {
+                    pid,
+                    asked: Mutex::default(),
+                });
+                let (_, rx) = watch::channel(healthy_view());
+                let mut state = state(failing(), rx);
+                state.control = control.clone();
+                let (status, _, json) = send(router(state), Method::POST, uri, &[], "").await;
+                assert_eq!(status, expected, "{uri}");
+                if expected == StatusCode::OK {
+                    assert_eq!(json, serde_json::json!([42]));
+                } else {
+                    assert!(error_of(&json).starts_with("there is no"), "{json}");
+                }
+                assert_eq!(*control.asked.lock().unwrap(), vec![role]);
+            }
+        }
+        let (status, headers, _) = send(
+            app(failing(), healthy_view()),
+            Method::GET,
+            "/api/v1/crash/slave",
+            &[],
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers[header::ALLOW], "POST");
     }
 }

@@ -1,27 +1,35 @@
 //! The RideShare orchestrator: the HTTP database API (`db/write`, `db/read`, `db/clear`) in front of a cluster
-//! of SQLite workers, and the control of that cluster.
+//! of SQLite workers, and the control of that cluster (crash APIs, self-healing).
 //!
 //! A request never touches a database here: a write becomes a `Command` on the master's queue and a read a
 //! `ReadRequest` on the slaves' queue, both as RabbitMQ RPCs over one long-lived connection. Whether a worker
-//! could answer at all is decided from a cached view of ZooKeeper, so requests fail fast with 503 when there is
-//! no master or no slave in sync, and never wait on ZooKeeper. At start, if ZooKeeper shows no cluster in the
-//! namespace, the orchestrator launches one master and `initial_slaves` slaves.
+//! could answer at all is decided from a cached view of ZooKeeper, so requests never wait on ZooKeeper; during
+//! a failover they are retried within a deadline, then answered 503.
+//!
+//! One task, the supervisor, owns the cluster: it launches one at start when there is none, adopts the
+//! running one after an orchestrator restart, restores it from the workers' folders after the whole system
+//! stopped, and replaces dead workers. The workers outlive the orchestrator unless told otherwise.
 //!
 //! Module map:
 //! - [`config`]: the command line and environment ([`Config`]).
-//! - [`http`]: routes, handlers, strict JSON bodies, `Idempotency-Key` validation.
+//! - [`http`]: routes, handlers, strict JSON bodies, `Idempotency-Key` validation, retries.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
-//! - [`rpc`]: request/reply over RabbitMQ with direct reply-to ([`rpc::AmqpRpc`]).
-//! - [`view`]: the cached ZooKeeper view ([`view::ClusterView`]) kept fresh by a watch.
-//! - [`cluster`]: the [`ClusterHandle`] that starts, lists and kills workers.
-//! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait and local child processes.
+//! - [`rpc`]: request/reply over RabbitMQ with direct reply-to, and reconnection ([`rpc::AmqpRpc`]).
+//! - [`view`]: the cached ZooKeeper view ([`view::ClusterView`]) kept fresh by a watch, and removal of a dead
+//!   worker's znodes ([`view::Registry`]).
+//! - [`cluster`]: the [`ClusterHandle`] that the API and tests use to look at and change the cluster.
+//! - [`supervisor`]: the task that owns the cluster's desired state and heals it.
+//! - [`folders`]: the workers' data folders and how far each copy of the database got.
+//! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait and local processes.
 
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod folders;
 pub mod http;
 pub mod rpc;
 pub mod runtime;
+pub mod supervisor;
 pub mod view;
 
 use std::future::Future;
@@ -29,137 +37,96 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use protocol::Names;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use cluster::ClusterHandle;
 pub use config::Config;
 pub use error::Error;
 
-/// How long to wait for RabbitMQ at start: long enough for a broker that is still booting, short enough that a
-/// missing broker is reported rather than waited on forever.
-const AMQP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a clean shutdown waits for the broker connection to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A started orchestrator: connected to RabbitMQ and ZooKeeper, its workers launched, not yet serving HTTP.
+/// A started orchestrator: connected to RabbitMQ and ZooKeeper, its supervisor running, not yet serving HTTP.
+///
+/// Dropping it without [`App::shutdown`] stops its tasks at once and leaves the workers running, as a killed
+/// orchestrator would.
 pub struct App {
     state: http::AppState,
     rpc: rpc::AmqpRpc,
     cluster: ClusterHandle,
-    /// Kept so it can be closed cleanly at shutdown; the RPC channel lives on it.
-    connection: Connection,
-    view_task: JoinHandle<()>,
+    rpc_task: AbortOnDrop,
+    /// Held for their drop: they stop with the App.
+    _view_task: AbortOnDrop,
+    _supervisor_task: AbortOnDrop,
     stop_workers_on_shutdown: bool,
 }
 
-/// Connects to RabbitMQ and ZooKeeper, declares the queues, and launches a cluster (one master,
-/// `initial_slaves` slaves) when ZooKeeper shows none.
+/// A task that is stopped when its owner is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects to RabbitMQ and ZooKeeper and starts the supervisor, which brings the cluster to one master and
+/// `initial_slaves` slaves: adopting the running workers, restarting stopped ones from their folders, or
+/// launching new ones.
 pub async fn start(config: Config) -> anyhow::Result<App> {
     let names = Names::new(&config.namespace);
+    let (rpc, rpc_task) = rpc::AmqpRpc::start(&config.amqp_url, &names).await?;
+    let rpc_task = AbortOnDrop(rpc_task);
+    let (view, registry, view_task) = view::spawn(&config.zk, names.clone()).await?;
+    let view_task = AbortOnDrop(view_task);
 
-    let connection = tokio::time::timeout(
-        AMQP_CONNECT_TIMEOUT,
-        Connection::connect(
-            &config.amqp_url,
-            ConnectionProperties::default().with_connection_name("orchestrator".into()),
-        ),
-    )
-    .await
-    .with_context(|| format!("timed out connecting to RabbitMQ at {}", config.amqp_url))?
-    .with_context(|| format!("connecting to RabbitMQ at {}", config.amqp_url))?;
-    declare_queues(&connection, &names).await?;
-    let rpc = rpc::AmqpRpc::start(&connection).await?;
-
-    let (view, view_task) = view::spawn(&config.zk, names.clone()).await?;
-
+    let (exits_tx, exits) = mpsc::unbounded_channel();
     let runtime = runtime::LocalProcesses::new(
         config.worker_bin()?,
         // Tests ask for their workers to be stopped; then a test that panics before its shutdown must not
         // leave workers behind either.
         config.stop_workers_on_shutdown,
+        exits_tx,
     );
-    let cluster = ClusterHandle::new(
-        Arc::new(runtime),
-        view.clone(),
-        cluster::WorkerTemplate {
-            data_dir: config.data_dir.clone(),
-            amqp_url: config.amqp_url.clone(),
-            zk: config.zk.clone(),
-            namespace: config.namespace.clone(),
+    let (cluster, supervisor_task) = supervisor::spawn(
+        supervisor::Settings {
+            template: cluster::WorkerTemplate {
+                data_dir: config.data_dir.clone(),
+                amqp_url: config.amqp_url.clone(),
+                zk: config.zk.clone(),
+                namespace: config.namespace.clone(),
+            },
+            initial_slaves: config.initial_slaves,
+            self_healing: config.self_healing,
         },
-    );
-
-    let current = cluster.view();
-    if current.master.is_none() && current.workers.is_empty() {
-        tracing::info!(
-            namespace = %config.namespace,
-            slaves = config.initial_slaves,
-            "no cluster in ZooKeeper; launching one"
-        );
-        cluster.start_master().await?;
-        for _ in 0..config.initial_slaves {
-            cluster.start_slave().await?;
-        }
-    } else if current.master.is_none() {
-        // Workers without a master: an election is under way (or the master just died). Launching a fresh
-        // master now would race the elected one, so leave the cluster to heal itself.
-        tracing::warn!(
-            workers = current.workers.len(),
-            "workers are registered but there is no master; not launching a cluster"
-        );
-    } else {
-        tracing::info!(
-            workers = current.workers.len(),
-            "found a running cluster in ZooKeeper; adopting it"
-        );
-    }
+        Arc::new(runtime),
+        exits,
+        view.clone(),
+        registry,
+    )
+    .await?;
 
     let state = http::AppState {
         rpc: Arc::new(rpc.clone()),
+        control: Arc::new(cluster.clone()),
         view,
         names,
         request_timeout: config.request_timeout(),
+        write_deadline: config.write_deadline(),
+        read_deadline: config.read_deadline(),
     };
     Ok(App {
         state,
         rpc,
         cluster,
-        connection,
-        view_task,
+        rpc_task,
+        _view_task: view_task,
+        _supervisor_task: AbortOnDrop(supervisor_task),
         stop_workers_on_shutdown: config.stop_workers_on_shutdown,
     })
-}
-
-/// Declares the queues requests go to, exactly as the workers declare them, so a request published before any
-/// worker runs waits in its queue instead of being dropped by the broker.
-async fn declare_queues(connection: &Connection, names: &Names) -> anyhow::Result<()> {
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    for queue in [names.write_queue(), names.read_queue()] {
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    exclusive: false,
-                    auto_delete: false,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("declaring queue {queue}"))?;
-    }
-    channel
-        .close(200, "declared".into())
-        .await
-        .context("closing the declaring channel")?;
-    Ok(())
 }
 
 impl App {
@@ -182,6 +149,14 @@ impl App {
             "orchestrator listening on {}",
             listener.local_addr().context("reading the bound address")?
         );
+        let cluster = self.cluster.clone();
+        let stop_workers = self.stop_workers_on_shutdown;
+        let shutdown = async move {
+            shutdown.await;
+            // The supervisor stops first, before requests drain: on Ctrl-C the whole process group, workers
+            // included, is stopping, and workers replaced now would outlive the orchestrator.
+            cluster.shutdown(stop_workers).await;
+        };
         let served = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -190,19 +165,16 @@ impl App {
         served
     }
 
-    /// Stops the background tasks, closes the broker connection and, if configured, kills the workers this
-    /// orchestrator started.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        if self.stop_workers_on_shutdown {
-            self.cluster
-                .kill_all()
-                .await
-                .context("stopping the workers")?;
-        }
-        self.view_task.abort();
-        self.rpc.expect_close();
-        if let Err(e) = self.connection.close(200, "shutting down".into()).await {
-            tracing::warn!("closing the RabbitMQ connection: {e}");
+    /// Stops the supervisor (killing the workers if configured), closes the broker connection and stops the
+    /// background tasks.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cluster.shutdown(self.stop_workers_on_shutdown).await;
+        self.rpc.close();
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut self.rpc_task.0)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the RabbitMQ connection did not close in time");
         }
         Ok(())
     }

@@ -5,15 +5,19 @@
 //! one persistent recursive watch on the namespace's root znode (ZooKeeper 3.6+): each event re-reads only the
 //! znode it names. Persistent watches can miss events across a reconnection (ZOOKEEPER-4698), so the whole view
 //! is also re-read after every reconnection and every [`RESYNC_INTERVAL`].
+//!
+//! The same task is the only one that changes ZooKeeper on the orchestrator's behalf: [`Registry::forget`]
+//! removes the znodes of a worker known to be dead, and updates the view before it answers, so that nothing
+//! read from the view after a confirmed kill still shows the dead worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
 use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
 use protocol::{Names, Role, WorkerInfo};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
@@ -32,6 +36,8 @@ pub struct ClusterView {
     pub in_sync: Option<InSyncSet>,
     /// Registered (live) workers by id.
     pub workers: BTreeMap<String, WorkerRecord>,
+    /// Ids of the workers standing in the election (in-sync slaves that have heard from their master).
+    pub candidates: BTreeSet<String>,
 }
 
 impl ClusterView {
@@ -89,12 +95,48 @@ impl ClusterView {
     }
 }
 
+/// Changes to ZooKeeper, asked of the view task (which owns the session). Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    requests: mpsc::Sender<Forget>,
+}
+
+/// Remove the znodes of a dead worker.
+struct Forget {
+    id: String,
+    pid: u32,
+    done: oneshot::Sender<anyhow::Result<()>>,
+}
+
+impl Registry {
+    /// Removes what ZooKeeper holds for a worker whose process is known to be dead: its registration, its
+    /// election candidacy, and the master znode if it held it. Safe only because the process is dead: a live
+    /// worker would act on a role it no longer visibly holds. Removing the master znode at once starts the
+    /// election now rather than a session timeout later. Each znode is removed only if it is still that
+    /// process's (a worker restarted under the same id has another pid), and the view is updated before this
+    /// returns.
+    pub async fn forget(&self, id: &str, pid: u32) -> anyhow::Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.requests
+            .send(Forget {
+                id: id.to_owned(),
+                pid,
+                done,
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the ZooKeeper task has stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the ZooKeeper task has stopped"))?
+    }
+}
+
 /// Connects to ZooKeeper, reads the whole view once, and spawns the task that keeps it fresh. Returns once the
 /// first view is in, so the caller can decide on it (for instance whether a cluster must be launched).
 pub async fn spawn(
     zk_addr: &str,
     names: Names,
-) -> anyhow::Result<(watch::Receiver<ClusterView>, JoinHandle<()>)> {
+) -> anyhow::Result<(watch::Receiver<ClusterView>, Registry, JoinHandle<()>)> {
     let client = connect(zk_addr, &names).await?;
     let watcher = client
         .watch(&names.zk_root(), zk::AddWatchMode::PersistentRecursive)
@@ -104,8 +146,17 @@ pub async fn spawn(
         .await
         .context("reading the cluster from ZooKeeper")?;
     let (tx, rx) = watch::channel(view);
-    let task = tokio::spawn(keep_fresh(zk_addr.to_owned(), names, client, watcher, tx));
-    Ok((rx, task))
+    // A handful of requests at most are in flight: one supervisor asks, one at a time.
+    let (requests, inbox) = mpsc::channel(16);
+    let task = tokio::spawn(keep_fresh(
+        zk_addr.to_owned(),
+        names,
+        client,
+        watcher,
+        tx,
+        inbox,
+    ));
+    Ok((rx, Registry { requests }, task))
 }
 
 async fn connect(zk_addr: &str, names: &Names) -> anyhow::Result<zk::Client> {
@@ -131,15 +182,16 @@ async fn keep_fresh(
     mut client: zk::Client,
     mut watcher: zk::PersistentWatcher,
     tx: watch::Sender<ClusterView>,
+    mut inbox: mpsc::Receiver<Forget>,
 ) {
     loop {
-        follow_session(&client, &mut watcher, &names, &tx).await;
+        follow_session(&client, &mut watcher, &names, &tx, &mut inbox).await;
         if tx.is_closed() {
             return;
         }
         tracing::warn!("ZooKeeper session ended; reconnecting");
         // Until a new session is up the view stays as last seen; ephemeral znodes may have gone meanwhile,
-        // which the first full read of the new session corrects.
+        // which the first full read of the new session corrects. Requests wait for the new session.
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
@@ -165,12 +217,14 @@ async fn keep_fresh(
     }
 }
 
-/// Applies events of one session until it ends (expired, closed) or nobody reads the view any more.
+/// Applies events of one session, and serves requests, until the session ends (expired, closed) or nobody
+/// reads the view any more.
 async fn follow_session(
     client: &zk::Client,
     watcher: &mut zk::PersistentWatcher,
     names: &Names,
     tx: &watch::Sender<ClusterView>,
+    inbox: &mut mpsc::Receiver<Forget>,
 ) {
     let mut resync_timer = tokio::time::interval(RESYNC_INTERVAL);
     resync_timer.tick().await; // the first tick is immediate, and the view was just read
@@ -178,6 +232,10 @@ async fn follow_session(
         tokio::select! {
             _ = tx.closed() => return,
             _ = resync_timer.tick() => resync(client, names, tx).await,
+            Some(request) = inbox.recv() => {
+                let result = forget(client, names, tx, &request.id, request.pid).await;
+                let _ = request.done.send(result);
+            }
             event = watcher.changed() => {
                 if event.event_type == zk::EventType::Session {
                     if event.session_state.is_terminated() {
@@ -228,6 +286,11 @@ async fn refresh_path(
                 Some(r) => v.workers.insert(id.to_owned(), r.clone()) != Some(r),
                 None => v.workers.remove(id).is_some(),
             });
+        } else if path == names.zk_election()
+            || path.starts_with(&format!("{}/", names.zk_election()))
+        {
+            let candidates = read_candidates(client, names).await?;
+            tx.send_if_modified(|v| replace(&mut v.candidates, candidates));
         } else if path == names.zk_root() || path == names.zk_workers() {
             // The tree itself was created or deleted (a test tearing down its namespace): read it all.
             let view = read_all(client, names).await?;
@@ -239,6 +302,73 @@ async fn refresh_path(
     .await;
     if let Err(e) = result {
         tracing::warn!("re-reading {path} from ZooKeeper: {e:#}");
+    }
+}
+
+/// Removes a dead worker's znodes (see [`Registry::forget`]).
+async fn forget(
+    client: &zk::Client,
+    names: &Names,
+    tx: &watch::Sender<ClusterView>,
+    id: &str,
+    pid: u32,
+) -> anyhow::Result<()> {
+    let worker = names.zk_worker(id);
+    let registered = get_versioned::<WorkerRecord>(client, &worker).await?;
+    if let Some((record, version)) = registered {
+        // An unreadable record is taken as the dead worker's: nothing else writes under its id.
+        if record.is_none_or(|r| r.pid == pid) {
+            delete_versioned(client, &worker, Some(version)).await?;
+        }
+    }
+    delete_versioned(client, &names.zk_candidate(pid, id), None).await?;
+    let master = names.zk_master();
+    if let Some((Some(record), version)) = get_versioned::<MasterRecord>(client, &master).await? {
+        if record.id == id && record.pid == pid {
+            delete_versioned(client, &master, Some(version)).await?;
+        }
+    }
+    tx.send_if_modified(|v| {
+        let mut changed = false;
+        if v.workers.get(id).is_some_and(|w| w.pid == pid) {
+            v.workers.remove(id);
+            changed = true;
+        }
+        if v.master
+            .as_ref()
+            .is_some_and(|m| m.id == id && m.pid == pid)
+        {
+            v.master = None;
+            changed = true;
+        }
+        changed |= v.candidates.remove(id);
+        changed
+    });
+    tracing::info!(worker = %id, pid, "removed the dead worker's znodes");
+    Ok(())
+}
+
+/// A znode's JSON (None when unreadable) and version; None when the znode does not exist.
+async fn get_versioned<T: DeserializeOwned>(
+    client: &zk::Client,
+    path: &str,
+) -> anyhow::Result<Option<(Option<T>, i32)>> {
+    match client.get_data(path).await {
+        Ok((data, stat)) => Ok(Some((serde_json::from_slice(&data).ok(), stat.version))),
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+/// Deletes a znode if it is still at `version`; one already gone, or changed since, is left alone.
+async fn delete_versioned(
+    client: &zk::Client,
+    path: &str,
+    version: Option<i32>,
+) -> anyhow::Result<()> {
+    match client.delete(path, version).await {
+        Ok(()) | Err(zk::Error::NoNode) | Err(zk::Error::BadVersion) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting {path}")),
     }
 }
 
@@ -274,7 +404,24 @@ async fn read_all(client: &zk::Client, names: &Names) -> anyhow::Result<ClusterV
         master,
         in_sync,
         workers,
+        candidates: read_candidates(client, names).await?,
     })
+}
+
+/// The ids of the election candidates: their znodes are named `<pid, 10 digits>-<id>`.
+async fn read_candidates(client: &zk::Client, names: &Names) -> anyhow::Result<BTreeSet<String>> {
+    let nodes = match client.list_children(&names.zk_election()).await {
+        Ok(nodes) => nodes,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(e).context("listing election candidates"),
+    };
+    Ok(nodes.iter().filter_map(|n| candidate_id(n)).collect())
+}
+
+fn candidate_id(node: &str) -> Option<String> {
+    let (pid, id) = node.split_once('-')?;
+    (pid.len() == 10 && pid.bytes().all(|b| b.is_ascii_digit()) && !id.is_empty())
+        .then(|| id.to_owned())
 }
 
 /// The JSON in a znode; `None` when the znode does not exist, or holds something unreadable (logged: a worker
@@ -327,7 +474,19 @@ mod tests {
                 members: vec!["a".into()],
             }),
             workers,
+            candidates: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn candidate_nodes_name_the_worker_after_its_pid() {
+        let names = Names::new("ns");
+        let node = names.zk_candidate(42, "w-1a2b");
+        let node = node.rsplit('/').next().unwrap();
+        assert_eq!(candidate_id(node).as_deref(), Some("w-1a2b"));
+        assert_eq!(candidate_id("42-w-1"), None);
+        assert_eq!(candidate_id("0000000042-"), None);
+        assert_eq!(candidate_id("nonsense"), None);
     }
 
     #[test]

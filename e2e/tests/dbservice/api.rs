@@ -1,6 +1,6 @@
 //! Every row of the orchestrator's database API table in api.md, failures included.
 
-use e2e::{st, Cluster};
+use e2e::{st, Cluster, Options};
 use protocol::{Role, Value, WorkerInfo};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -214,7 +214,14 @@ async fn worker_list_and_workers_show_the_running_processes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_master_writes_are_503_and_without_an_in_sync_slave_reads_are_503() {
-    let c = Cluster::start_with(1, 1500).await;
+    // A degraded cluster that stays degraded, answering at once: no replacement workers, no retries.
+    let c = Cluster::start_opts(Options {
+        request_timeout_ms: 1500,
+        retry_deadline_ms: Some(0),
+        self_healing: false,
+        ..Options::new(1)
+    })
+    .await;
     c.write_ok(vec![st(USERS, vec![])]).await;
     let slave = c.slave_ids()[0].clone();
     c.kill(&slave).await;

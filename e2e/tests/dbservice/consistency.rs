@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use e2e::{st, Cluster};
+use e2e::{st, Cluster, Options};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -127,7 +127,14 @@ async fn random_writes_leave_every_slave_identical_to_the_master() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slave_started_after_ten_thousand_writes_catches_up_and_answers_identically() {
-    let c = Arc::new(Cluster::start(1).await);
+    // Without self-healing the killed slave is not replaced, so the reads below can only be the new slave's.
+    let c = Arc::new(
+        Cluster::start_opts(Options {
+            self_healing: false,
+            ..Options::new(1)
+        })
+        .await,
+    );
     c.write_ok(vec![st(
         "CREATE TABLE e (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
         vec![],

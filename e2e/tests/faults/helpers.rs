@@ -1,0 +1,221 @@
+//! What the fault tests share: a write load whose acknowledged rows are remembered, a read load, and the check
+//! that every acknowledged write survived everywhere.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{st, Cluster, SETTLE};
+use protocol::Value;
+use reqwest::StatusCode;
+use tokio::sync::Mutex;
+
+/// The table the loads write: one row per acknowledged key.
+pub async fn create_table(c: &Cluster) {
+    c.write_ok(vec![st("CREATE TABLE t (k INTEGER PRIMARY KEY)", vec![])])
+        .await;
+}
+
+/// Clients inserting numbered rows into `t` as fast as they can, each write with its own idempotency key;
+/// remembers the keys acknowledged with 200. A write that fails (503, or no answer at all) is not retried by
+/// the client (the orchestrator already retried it within its deadline): its row may or may not exist, and
+/// either is fine.
+pub struct WriteLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<i64>>>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    pub fn start(c: &Arc<Cluster>, clients: i64) -> WriteLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..clients)
+            .map(|client| {
+                let (c, stop, acked, failed) =
+                    (c.clone(), stop.clone(), acked.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let k = client * 1_000_000 + i;
+                        i += 1;
+                        let answer = c
+                            .try_write_with_key(
+                                &format!("load-{k}"),
+                                vec![st("INSERT INTO t (k) VALUES (?)", vec![Value::Integer(k)])],
+                            )
+                            .await;
+                        match answer {
+                            Ok((StatusCode::OK, _)) => acked.lock().await.push(k),
+                            Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok((other, body)) => panic!("write of {k}: {other} {body}"),
+                            // The orchestrator was killed: no answer, so nothing acknowledged.
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        WriteLoad {
+            stop,
+            acked,
+            failed,
+            tasks,
+        }
+    }
+
+    pub async fn acked(&self) -> usize {
+        self.acked.lock().await.len()
+    }
+
+    /// Waits until `more` writes have been acknowledged since the call.
+    pub async fn wait_for_progress(&self, more: usize) {
+        let from = self.acked().await;
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while self.acked().await < from + more {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "writes did not resume: {} acknowledged since, {} answered 503 in all",
+                self.acked().await - from,
+                self.failed.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the clients and returns the acknowledged keys, sorted.
+    pub async fn finish(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("a writing client");
+        }
+        let mut keys = self.acked.lock().await.clone();
+        keys.sort_unstable();
+        println!(
+            "write load: {} acknowledged, {} unanswered or 503",
+            keys.len(),
+            self.failed.load(Ordering::SeqCst)
+        );
+        keys
+    }
+}
+
+/// The keys stored in `t`, as a read through the API (so a slave) sees them.
+pub async fn stored_keys(c: &Cluster) -> Vec<i64> {
+    let rows = c.read_ok("SELECT k FROM t ORDER BY k", vec![]).await;
+    rows.rows
+        .iter()
+        .map(|r| match r[0] {
+            Value::Integer(k) => k,
+            ref other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Once the cluster is back to a master and `slaves` slaves in sync: every acknowledged key is readable, and
+/// every worker holds exactly the same data.
+pub async fn assert_every_acknowledged_write_is_everywhere(
+    c: &Cluster,
+    acked: &[i64],
+    slaves: usize,
+) {
+    c.wait_for_workers(slaves + 1).await;
+    let stored = stored_keys(c).await;
+    let missing: Vec<&i64> = acked
+        .iter()
+        .filter(|k| stored.binary_search(k).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost: {missing:?}",
+        missing.len()
+    );
+    let dump = c.assert_all_identical().await;
+    assert!(dump.lines().count() > acked.len(), "{dump}");
+}
+
+/// Clients reading the table in a loop, counting the reads that succeeded and checking each saw at least
+/// `rows` rows. Connection failures (the orchestrator being restarted) and 503s are counted apart.
+pub struct ReadLoad {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicUsize>,
+    pub unavailable: Arc<AtomicUsize>,
+    pub refused: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ReadLoad {
+    pub fn start(c: &Arc<Cluster>, clients: usize, rows: i64) -> ReadLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let unavailable = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (c, stop, ok, unavailable, refused) = (
+                    c.clone(),
+                    stop.clone(),
+                    ok.clone(),
+                    unavailable.clone(),
+                    refused.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        match c.try_read("SELECT count(*) FROM t", vec![]).await {
+                            Ok((StatusCode::OK, body)) => {
+                                let n = body["rows"][0][0].as_i64().expect("a count");
+                                assert!(n >= rows, "a read saw {n} rows of {rows}");
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => {
+                                unavailable.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Ok((status, body)) => panic!("read: {status} {body}"),
+                            Err(_) => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        ReadLoad {
+            stop,
+            ok,
+            unavailable,
+            refused,
+            tasks,
+        }
+    }
+
+    /// Waits until `more` reads have succeeded since the call.
+    pub async fn wait_for_progress(&self, more: usize) {
+        let from = self.ok.load(Ordering::SeqCst);
+        e2e::wait_until(
+            || self.ok.load(Ordering::SeqCst) >= from + more,
+            "reads to succeed",
+        )
+        .await;
+    }
+
+    pub async fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("a reading client");
+        }
+        println!(
+            "read load: {} ok, {} answered 503, {} connections refused",
+            self.ok.load(Ordering::SeqCst),
+            self.unavailable.load(Ordering::SeqCst),
+            self.refused.load(Ordering::SeqCst)
+        );
+    }
+}

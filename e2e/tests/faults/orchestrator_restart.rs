@@ -1,0 +1,74 @@
+//! Restarts: an orchestrator killed and started again adopts the running workers without touching them; after
+//! the whole system was killed, a new orchestrator restores every worker from its folder, the most
+//! up-to-date copy as master, and every acknowledged write is still there.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use e2e::{is_running, st, Cluster};
+use protocol::Value;
+
+use crate::helpers::{self, ReadLoad, WriteLoad};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_the_orchestrator_during_a_read_load_leaves_the_workers_untouched_and_reads_resume(
+) {
+    let c = Arc::new(Cluster::start(2).await);
+    helpers::create_table(&c).await;
+    for k in 0..100 {
+        c.write_ok(vec![st(
+            "INSERT INTO t VALUES (?)",
+            vec![Value::Integer(k)],
+        )])
+        .await;
+    }
+    let load = ReadLoad::start(&c, 4, 100);
+    load.wait_for_progress(50).await;
+    let pids = c.worker_list().await;
+    let master = c.master_pid();
+
+    c.restart_orchestrator().await;
+    load.wait_for_progress(50).await;
+
+    // The same processes, adopted: none restarted, none replaced, the master unchanged.
+    assert_eq!(c.worker_list().await, pids);
+    assert_eq!(c.pids().await, pids);
+    assert_eq!(c.master_pid(), master);
+    assert!(pids.iter().all(|&p| is_running(p)));
+    load.finish().await;
+
+    // The adopted workers are the new orchestrator's to crash and to replace.
+    let killed = c.crash_slave().await;
+    assert!(pids.contains(&killed));
+    let view = c.wait_for_workers(3).await;
+    assert!(!view.pids().contains(&killed));
+    c.write_ok(vec![st("INSERT INTO t VALUES (100)", vec![])])
+        .await;
+    c.assert_all_identical().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_whole_system_is_killed_a_new_orchestrator_restores_every_acknowledged_write() {
+    let c = Arc::new(Cluster::start(2).await);
+    helpers::create_table(&c).await;
+    let load = WriteLoad::start(&c, 8);
+    load.wait_for_progress(200).await;
+    let ids: BTreeSet<String> = c.view().workers.keys().cloned().collect();
+
+    // Orchestrator and workers SIGKILLed while clients write; ZooKeeper still holds their ephemeral znodes
+    // for a session timeout, which must not fool the new orchestrator.
+    let killed = c.kill_everything().await;
+    assert_eq!(killed.len(), 3);
+    let acked = load.finish().await;
+    c.restart_orchestrator().await;
+
+    helpers::assert_every_acknowledged_write_is_everywhere(&c, &acked, 2).await;
+    // Every worker came back on its own folder, under its own id.
+    let back: BTreeSet<String> = c.view().workers.keys().cloned().collect();
+    assert_eq!(back, ids);
+    assert!(c.worker_list().await.iter().all(|p| !killed.contains(p)));
+    c.write_ok(vec![st("INSERT INTO t VALUES (-1)", vec![])])
+        .await;
+    c.stop().await;
+}

@@ -1,0 +1,108 @@
+//! The list of areas, `AreaNameEnum.csv`: a header line, then one `number,name` line per area (CRLF line
+//! endings). [`Area`] accepts the numbers 1 to [`Area::COUNT`]; [`Areas::load`] checks at start that the file
+//! lists exactly those, so the two can never disagree silently.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context};
+
+use crate::values::Area;
+
+/// The names of the areas, by number.
+#[derive(Debug, Clone)]
+pub struct Areas {
+    /// `names[n - 1]` is the name of area `n`.
+    names: Vec<String>,
+}
+
+impl Areas {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the area list {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in the area list {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut lines = text.lines().map(|l| l.trim_end_matches('\r'));
+        lines
+            .next()
+            .context("the file is empty: expected a header line")?;
+        let mut names = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let line_no = i + 2;
+            if line.is_empty() {
+                continue;
+            }
+            let Some((number, name)) = line.split_once(',') else {
+                bail!("line {line_no}: expected `number,name`, got {line:?}");
+            };
+            let number: usize = number
+                .trim()
+                .parse()
+                .with_context(|| format!("line {line_no}: {number:?} is not an area number"))?;
+            ensure!(
+                number == names.len() + 1,
+                "line {line_no}: expected area {}, got {number}",
+                names.len() + 1
+            );
+            names.push(name.trim().to_owned());
+        }
+        ensure!(
+            names.len() == usize::from(Area::COUNT),
+            "the file lists {} areas; the services accept exactly 1 to {}",
+            names.len(),
+            Area::COUNT
+        );
+        Ok(Self { names })
+    }
+
+    pub fn name(&self, area: Area) -> &str {
+        &self.names[usize::from(area.number()) - 1]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(count: usize) -> String {
+        let mut s = "Area No,Area Name\r\n".to_owned();
+        for n in 1..=count {
+            s.push_str(&format!("{n},Area {n}\r\n"));
+        }
+        s
+    }
+
+    #[test]
+    fn the_shared_area_list_loads_with_198_areas() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/AreaNameEnum.csv");
+        let areas = Areas::load(&path).unwrap();
+        assert_eq!(areas.len(), 198);
+        assert_eq!(areas.name(Area::new(1).unwrap()), "Kempegowda Ward");
+        assert_eq!(areas.name(Area::new(198).unwrap()), "Hemmigepura");
+    }
+
+    #[test]
+    fn a_list_without_a_final_newline_or_with_lf_endings_loads() {
+        let text = csv(198);
+        assert!(Areas::parse(text.trim_end()).is_ok());
+        assert!(Areas::parse(&text.replace("\r\n", "\n")).is_ok());
+    }
+
+    #[test]
+    fn a_list_that_does_not_match_the_area_numbers_is_refused() {
+        assert!(Areas::parse("").is_err());
+        assert!(Areas::parse(&csv(197)).is_err());
+        assert!(Areas::parse(&csv(199)).is_err());
+        assert!(Areas::parse(&csv(198).replace("\r\n5,", "\r\n6,")).is_err());
+        assert!(Areas::parse(&csv(198).replace("\r\n5,Area 5", "\r\n5 Area 5")).is_err());
+    }
+}
