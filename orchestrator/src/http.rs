@@ -15,13 +15,14 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::queue::{Command, CommandReply, ReadReply};
+use protocol::queue::{Command, CommandReply, KeyedWrite, ReadReply};
 use protocol::{Names, ReadRequest, ReadResponse, Role, WorkerInfo, WriteRequest, WriteResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::batch::{Batcher, Reads, Writes};
 use crate::cluster::Control;
 use crate::error::Error;
 use crate::rpc::Rpc;
@@ -46,6 +47,9 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct AppState {
     pub rpc: Arc<dyn Rpc>,
+    /// Reads and writes travel in batches (see [`crate::batch`]); clears and other commands alone.
+    pub reads: Batcher<Reads>,
+    pub writes: Batcher<Writes>,
     pub control: Arc<dyn Control>,
     pub view: watch::Receiver<ClusterView>,
     pub names: Names,
@@ -54,6 +58,24 @@ pub struct AppState {
     /// How long a write keeps being retried (see `Config::write_deadline_ms`).
     pub write_deadline: Duration,
     /// How long a read keeps being retried (see `Config::read_deadline_ms`).
+    pub read_deadline: Duration,
+}
+
+/// Read batches out at once: enough to keep a few slaves busy, few enough that batches grow under load.
+const READS_IN_FLIGHT: usize = 4;
+/// Write batches out at once: the master runs one round at a time, so two keep it fed while one travels.
+const WRITES_IN_FLIGHT: usize = 2;
+/// Requests in one message at most: bounds a message's size and one round's work.
+const MAX_BATCH: usize = 128;
+
+/// How long requests may take (see `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// One attempt.
+    pub request: Duration,
+    /// All the attempts of a write.
+    pub write_deadline: Duration,
+    /// All the attempts of a read.
     pub read_deadline: Duration,
 }
 
@@ -99,10 +121,10 @@ async fn write(
     // applies once.
     let key = idempotency_key(&headers)?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let reply = state
-        .command(&Command::Write {
+        .command(Outgoing::Write(KeyedWrite {
             key,
             statements: request.statements,
-        })
+        }))
         .await?;
     match reply {
         CommandReply::Written(response) => Ok(Json(response)),
@@ -112,7 +134,10 @@ async fn write(
 
 async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     let key = uuid::Uuid::new_v4().to_string();
-    match state.command(&Command::Clear { key }).await? {
+    match state
+        .command(Outgoing::Alone(Command::Clear { key }))
+        .await?
+    {
         CommandReply::Written(_) => Ok(Json(Empty {})),
         other => Err(command_failure(other)),
     }
@@ -122,15 +147,13 @@ async fn read(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ReadRequest>,
 ) -> Result<Json<ReadResponse>, Error> {
-    let body = encode(&request)?;
-    let queue = state.names.read_queue();
     let mut retry = Retry::new(state.read_deadline);
     loop {
         let outcome = if state.view.borrow().in_sync_members().is_empty() {
             Err(Error::NoSlaveInSync)
         } else {
             let timeout = retry.attempt_timeout(state.request_timeout);
-            state.call::<ReadReply>(&queue, body.clone(), timeout).await
+            state.reads.call(request.clone(), timeout).await
         };
         match outcome {
             Ok(ReadReply::Rows(rows)) => return Ok(Json(rows)),
@@ -182,12 +205,49 @@ fn can_read(view: &ClusterView) -> bool {
     !view.in_sync_members().is_empty()
 }
 
+/// A command on its way to the master: a write travels in a batch with others, anything else alone.
+enum Outgoing {
+    Write(KeyedWrite),
+    Alone(Command),
+}
+
 impl AppState {
+    /// Builds the state, starting the batchers (a tokio runtime must be running).
+    pub fn new(
+        rpc: Arc<dyn Rpc>,
+        control: Arc<dyn Control>,
+        view: watch::Receiver<ClusterView>,
+        names: Names,
+        timeouts: Timeouts,
+    ) -> Self {
+        let reads = Batcher::start(rpc.clone(), names.read_queue(), READS_IN_FLIGHT, MAX_BATCH);
+        let writes = Batcher::start(
+            rpc.clone(),
+            names.write_queue(),
+            WRITES_IN_FLIGHT,
+            MAX_BATCH,
+        );
+        Self {
+            rpc,
+            reads,
+            writes,
+            control,
+            view,
+            names,
+            request_timeout: timeouts.request,
+            write_deadline: timeouts.write_deadline,
+            read_deadline: timeouts.read_deadline,
+        }
+    }
+
     /// Sends a command to the master, retrying the very same command (so the same idempotency key: it applies
     /// at most once however many attempts reach a master) while the failure is transient, until the write
     /// deadline. Returns the first answer that is not `Unavailable`, or the last failure.
-    async fn command(&self, command: &Command) -> Result<CommandReply, Error> {
-        let body = encode(command)?;
+    async fn command(&self, command: Outgoing) -> Result<CommandReply, Error> {
+        let body = match &command {
+            Outgoing::Alone(c) => encode(c)?,
+            Outgoing::Write(_) => Vec::new(),
+        };
         let queue = self.names.write_queue();
         let mut retry = Retry::new(self.write_deadline);
         loop {
@@ -195,10 +255,14 @@ impl AppState {
                 Err(Error::NoMaster)
             } else {
                 let timeout = retry.attempt_timeout(self.request_timeout);
-                match self
-                    .call::<CommandReply>(&queue, body.clone(), timeout)
-                    .await
-                {
+                let answer = match &command {
+                    Outgoing::Alone(_) => {
+                        self.call::<CommandReply>(&queue, body.clone(), timeout)
+                            .await
+                    }
+                    Outgoing::Write(w) => self.writes.call(w.clone(), timeout).await,
+                };
+                match answer {
                     Ok(CommandReply::Unavailable { error }) => Err(Error::Unavailable(
                         anyhow::anyhow!("the master answered: {error}"),
                     )),
@@ -454,16 +518,18 @@ mod tests {
     }
 
     fn state(rpc: Arc<FakeRpc>, view: watch::Receiver<ClusterView>) -> AppState {
-        AppState {
+        AppState::new(
             rpc,
-            control: Arc::new(FakeControl::default()),
+            Arc::new(FakeControl::default()),
             view,
-            names: Names::new("test"),
-            request_timeout: Duration::from_millis(100),
-            // One attempt: most tests look at what a single answer becomes.
-            write_deadline: Duration::ZERO,
-            read_deadline: Duration::ZERO,
-        }
+            Names::new("test"),
+            Timeouts {
+                request: Duration::from_millis(100),
+                // One attempt: most tests look at what a single answer becomes.
+                write_deadline: Duration::ZERO,
+                read_deadline: Duration::ZERO,
+            },
+        )
     }
 
     fn app(rpc: Arc<FakeRpc>, view: ClusterView) -> Router {
@@ -648,12 +714,14 @@ mod tests {
         let command: Command = serde_json::from_value(calls[0].1.clone()).unwrap();
         assert_eq!(
             command,
-            Command::Write {
-                key: "abc-123".into(),
-                statements: vec![protocol::Statement::new(
-                    "insert into t values (?)",
-                    vec![Value::Integer(1)]
-                )],
+            Command::Writes {
+                writes: vec![KeyedWrite {
+                    key: "abc-123".into(),
+                    statements: vec![protocol::Statement::new(
+                        "insert into t values (?)",
+                        vec![Value::Integer(1)]
+                    )],
+                }]
             }
         );
     }
@@ -677,7 +745,7 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .map(|(_, c)| c["key"].as_str().unwrap().to_owned())
+            .map(|(_, c)| c["writes"][0]["key"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(keys.len(), 2);
         assert_ne!(keys[0], keys[1]);
@@ -996,7 +1064,10 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{json}");
         let calls = rpc.calls.lock().unwrap();
         assert_eq!(calls.len(), 3);
-        assert!(calls.iter().all(|(_, c)| c["key"] == "k-1"), "{calls:?}");
+        assert!(
+            calls.iter().all(|(_, c)| c["writes"][0]["key"] == "k-1"),
+            "{calls:?}"
+        );
     }
 
     #[tokio::test]

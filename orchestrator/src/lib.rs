@@ -22,6 +22,7 @@
 //! - [`folders`]: the workers' data folders and how far each copy of the database got.
 //! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait and local processes.
 
+pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -109,15 +110,17 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     )
     .await?;
 
-    let state = http::AppState {
-        rpc: Arc::new(rpc.clone()),
-        control: Arc::new(cluster.clone()),
+    let state = http::AppState::new(
+        Arc::new(rpc.clone()),
+        Arc::new(cluster.clone()),
         view,
         names,
-        request_timeout: config.request_timeout(),
-        write_deadline: config.write_deadline(),
-        read_deadline: config.read_deadline(),
-    };
+        http::Timeouts {
+            request: config.request_timeout(),
+            write_deadline: config.write_deadline(),
+            read_deadline: config.read_deadline(),
+        },
+    );
     Ok(App {
         state,
         rpc,

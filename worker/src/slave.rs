@@ -190,6 +190,13 @@ pub async fn run(
                     Ok(m) => Some(m),
                     Err(mpsc::error::TryRecvError::Empty) => {
                         joined = join(config, &rpc, &db).await;
+                        // Stand at once: the master may die before its first message naming us, and an
+                        // in-sync slave that does not stand could leave the cluster without an election.
+                        if joined {
+                            if let Err(e) = zk.stand().await {
+                                tracing::warn!("standing for election: {e:#}");
+                            }
+                        }
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => None,

@@ -1,0 +1,303 @@
+//! Gathering concurrent requests into one broker message.
+//!
+//! Under load the broker, not SQLite, is what limits throughput: every request costs a publish, a delivery, an
+//! acknowledgement and a reply. A [`Batcher`] keeps a few batches in flight per queue; requests that arrive while
+//! they are all out wait and leave together in the next one. With one client nothing waits (a batch of one
+//! leaves at once), with many the batches grow by themselves: no timer, no added latency when idle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::queue::{Command, CommandReply, KeyedWrite, ReadBatch, ReadBatchReply, ReadReply};
+use protocol::ReadRequest;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::rpc::Rpc;
+
+/// How requests of one kind travel together.
+pub trait BatchKind: Send + 'static {
+    type Item: Send + 'static;
+    type Reply: Clone + Send + 'static;
+    fn encode(items: Vec<Self::Item>) -> serde_json::Result<Vec<u8>>;
+    /// The replies, one per item, in order.
+    fn decode(body: &[u8], items: usize) -> Result<Vec<Self::Reply>, String>;
+}
+
+/// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`.
+pub struct Reads;
+
+impl BatchKind for Reads {
+    type Item = ReadRequest;
+    type Reply = ReadReply;
+
+    fn encode(reads: Vec<ReadRequest>) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ReadBatch { reads })
+    }
+
+    fn decode(body: &[u8], items: usize) -> Result<Vec<ReadReply>, String> {
+        // A lone reply answers a batch of one (a slave may answer a single read that way).
+        if items == 1 {
+            if let Ok(one) = serde_json::from_slice::<ReadReply>(body) {
+                return Ok(vec![one]);
+            }
+        }
+        let reply: ReadBatchReply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if reply.replies.len() != items {
+            return Err(format!("{} replies to {items} reads", reply.replies.len()));
+        }
+        Ok(reply.replies)
+    }
+}
+
+/// Writes: a `Command::Writes` on `writeQ`, answered by the master with a `CommandReply::Batch`. Each write
+/// keeps its own transaction and idempotency key.
+pub struct Writes;
+
+impl BatchKind for Writes {
+    type Item = KeyedWrite;
+    type Reply = CommandReply;
+
+    fn encode(writes: Vec<KeyedWrite>) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&Command::Writes { writes })
+    }
+
+    fn decode(body: &[u8], items: usize) -> Result<Vec<CommandReply>, String> {
+        match serde_json::from_slice(body).map_err(|e| e.to_string())? {
+            CommandReply::Batch { replies } if replies.len() == items => Ok(replies),
+            CommandReply::Batch { replies } => {
+                Err(format!("{} replies to {items} writes", replies.len()))
+            }
+            // A refusal of the whole message (say, an old worker) answers every write in it.
+            other => Ok(vec![other; items]),
+        }
+    }
+}
+
+struct Pending<K: BatchKind> {
+    item: K::Item,
+    deadline: Instant,
+    answer: oneshot::Sender<Result<K::Reply, Error>>,
+}
+
+/// Sends requests of one kind to one queue, in batches. Cheap to clone.
+pub struct Batcher<K: BatchKind> {
+    queue: mpsc::UnboundedSender<Pending<K>>,
+}
+
+impl<K: BatchKind> Clone for Batcher<K> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<K: BatchKind> Batcher<K> {
+    /// `max_in_flight`: batches out at once (more means more parallel slaves busy, and smaller batches);
+    /// `max_batch`: requests in one message at most.
+    pub fn start(rpc: Arc<dyn Rpc>, queue: String, max_in_flight: usize, max_batch: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather::<K>(
+            rpc,
+            queue,
+            rx,
+            max_in_flight.max(1),
+            max_batch.max(1),
+        ));
+        Self { queue: tx }
+    }
+
+    /// Sends one request with the others waiting, and returns its reply; gives up after `timeout`.
+    pub async fn call(&self, item: K::Item, timeout: Duration) -> Result<K::Reply, Error> {
+        let (answer, reply) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.queue
+            .send(Pending {
+                item,
+                deadline,
+                answer,
+            })
+            .map_err(|_| Error::Unavailable(anyhow::anyhow!("the batcher has stopped")))?;
+        match tokio::time::timeout_at(deadline, reply).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Unavailable(anyhow::anyhow!("the batch was dropped"))),
+            Err(_) => Err(Error::Unavailable(anyhow::anyhow!(
+                "no reply within {timeout:?}"
+            ))),
+        }
+    }
+}
+
+async fn gather<K: BatchKind>(
+    rpc: Arc<dyn Rpc>,
+    queue: String,
+    mut rx: mpsc::UnboundedReceiver<Pending<K>>,
+    max_in_flight: usize,
+    max_batch: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a free slot is what lets a batch grow: requests pile up meanwhile.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        // Callers that already gave up are not sent.
+        batch.retain(|p| !p.answer.is_closed() && p.deadline > Instant::now());
+        if batch.is_empty() {
+            continue;
+        }
+        let (rpc, queue) = (rpc.clone(), queue.clone());
+        tokio::spawn(async move {
+            send::<K>(&*rpc, &queue, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn send<K: BatchKind>(rpc: &dyn Rpc, queue: &str, batch: Vec<Pending<K>>) {
+    let deadline = batch
+        .iter()
+        .map(|p| p.deadline)
+        .max()
+        .expect("a non-empty batch");
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let (items, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.answer)).unzip();
+    let n = items.len();
+    let result = match K::encode(items) {
+        Err(e) => Err(Error::Internal(anyhow::anyhow!("encoding a batch: {e}"))),
+        Ok(body) => match rpc.call(queue, body, timeout).await {
+            Err(e) => Err(Error::Unavailable(anyhow::anyhow!(
+                "request on {queue}: {e}"
+            ))),
+            Ok(reply) => K::decode(&reply, n)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("unreadable reply on {queue}: {e}"))),
+        },
+    };
+    match result {
+        Ok(replies) => {
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                let _ = answer.send(Ok(reply));
+            }
+        }
+        Err(e) => {
+            let shared = e.to_string();
+            for answer in answers {
+                let _ = answer.send(Err(match &e {
+                    Error::Internal(_) => Error::Internal(anyhow::anyhow!("{shared}")),
+                    _ => Error::Unavailable(anyhow::anyhow!("{shared}")),
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use protocol::ReadResponse;
+
+    use super::*;
+    use crate::rpc::RpcError;
+
+    /// Answers each read batch after a pause, echoing each read's SQL back as its one column; remembers the
+    /// size of every batch.
+    #[derive(Default)]
+    struct SlowEcho {
+        batches: Mutex<Vec<usize>>,
+    }
+
+    impl Rpc for SlowEcho {
+        fn call<'a>(
+            &'a self,
+            _queue: &'a str,
+            body: Vec<u8>,
+            _timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+            Box::pin(async move {
+                let batch: ReadBatch = serde_json::from_slice(&body).unwrap();
+                self.batches.lock().unwrap().push(batch.reads.len());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let replies = batch
+                    .reads
+                    .into_iter()
+                    .map(|r| {
+                        ReadReply::Rows(ReadResponse {
+                            columns: vec![r.sql],
+                            rows: vec![],
+                        })
+                    })
+                    .collect();
+                Ok(serde_json::to_vec(&ReadBatchReply { replies }).unwrap())
+            })
+        }
+    }
+
+    fn read(sql: &str) -> ReadRequest {
+        ReadRequest {
+            sql: sql.into(),
+            params: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_for_a_free_slot_leave_together_and_each_gets_its_own_answer() {
+        let rpc = Arc::new(SlowEcho::default());
+        let batcher = Batcher::<Reads>::start(rpc.clone(), "q".into(), 1, 64);
+        let calls = (0..10).map(|i| {
+            let b = batcher.clone();
+            async move { b.call(read(&format!("q{i}")), Duration::from_secs(5)).await }
+        });
+        let answers = futures::future::join_all(calls).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer.unwrap() {
+                ReadReply::Rows(r) => assert_eq!(r.columns, vec![format!("q{i}")]),
+                other => panic!("{other:?}"),
+            }
+        }
+        let batches = rpc.batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().sum::<usize>(), 10);
+        assert!(batches.len() <= 2, "ten waiting reads went in {batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_leaves_at_once_in_a_batch_of_one() {
+        let rpc = Arc::new(SlowEcho::default());
+        let batcher = Batcher::<Reads>::start(rpc.clone(), "q".into(), 4, 64);
+        batcher
+            .call(read("only"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(*rpc.batches.lock().unwrap(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_caller_whose_time_ran_out_gets_503() {
+        let rpc = Arc::new(SlowEcho::default());
+        let batcher = Batcher::<Reads>::start(rpc, "q".into(), 1, 64);
+        let err = batcher
+            .call(read("slow"), Duration::from_millis(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_refusal_of_a_whole_write_batch_answers_every_write_in_it() {
+        let body = serde_json::to_vec(&CommandReply::Rejected { error: "no".into() }).unwrap();
+        let replies = Writes::decode(&body, 3).unwrap();
+        assert_eq!(replies.len(), 3);
+        let short = serde_json::to_vec(&CommandReply::Batch { replies: vec![] }).unwrap();
+        assert!(Writes::decode(&short, 2).is_err());
+    }
+}
