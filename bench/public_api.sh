@@ -38,7 +38,8 @@ command -v wrk >/dev/null 2>&1 || die "wrk is not installed (scripts/setup.sh in
 RUN_PID=
 cleanup() {
     if [[ -n $RUN_PID ]]; then
-        kill -INT "$RUN_PID" 2>/dev/null || true
+        # TERM, not INT: a background job of a non-interactive shell starts with SIGINT ignored.
+        kill -TERM "$RUN_PID" 2>/dev/null || true
         wait "$RUN_PID" 2>/dev/null || true
     fi
 }
