@@ -23,6 +23,10 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The broker and coordinator every test shares (`scripts/services.sh` starts them).
+pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+pub const ZK_ADDRESS: &str = "127.0.0.1:2181";
+
 /// How long a cluster may take to reach a state a test waits for. Generous: CI runs tests side by side on two
 /// cores, and a worker's ZooKeeper session takes its timeout to expire.
 pub const SETTLE: Duration = Duration::from_secs(30);
@@ -525,12 +529,9 @@ impl Cluster {
         routing_key: &str,
         body: &[u8],
     ) -> anyhow::Result<()> {
-        let conn = lapin::Connection::connect(
-            "amqp://127.0.0.1:5672/%2f",
-            lapin::ConnectionProperties::default(),
-        )
-        .await
-        .context("connecting to RabbitMQ")?;
+        let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+            .await
+            .context("connecting to RabbitMQ")?;
         let ch = conn.create_channel().await?;
         ch.basic_publish(
             exchange.into(),
@@ -582,5 +583,57 @@ impl Drop for Cluster {
         for pid in worker_pids_of(self.names.namespace()) {
             sigkill(pid);
         }
+        purge(&self.names);
     }
+}
+
+/// Deletes what a cluster leaves on the shared broker and coordinator: its durable queues, its exchange and its
+/// znodes, so that test runs do not pile up state on a machine that keeps its RabbitMQ and ZooKeeper. Runs on a
+/// thread of its own (it is called from `Drop`, inside the test's runtime), gives up after a few seconds, and
+/// ignores failures: it is housekeeping, not part of any test.
+fn purge(names: &Names) {
+    let names = names.clone();
+    let housekeeping = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let props = lapin::ConnectionProperties::default();
+                if let Ok(conn) = lapin::Connection::connect(AMQP_URL, props).await {
+                    if let Ok(ch) = conn.create_channel().await {
+                        for queue in [names.write_queue(), names.read_queue()] {
+                            let options = lapin::options::QueueDeleteOptions::default();
+                            let _ = ch.queue_delete(queue.as_str().into(), options).await;
+                        }
+                        let options = lapin::options::ExchangeDeleteOptions::default();
+                        let _ = ch
+                            .exchange_delete(names.sync_exchange().as_str().into(), options)
+                            .await;
+                    }
+                    let _ = conn.close(200, "purged".into()).await;
+                }
+                if let Ok(zk) = zookeeper_client::Client::connect(ZK_ADDRESS).await {
+                    delete_tree(&zk, names.zk_root()).await;
+                }
+            })
+            .await;
+        });
+    });
+    let _ = housekeeping.join();
+}
+
+/// Deletes a znode and everything below it.
+fn delete_tree(zk: &zookeeper_client::Client, path: String) -> futures::future::BoxFuture<'_, ()> {
+    Box::pin(async move {
+        if let Ok(children) = zk.list_children(&path).await {
+            for child in children {
+                delete_tree(zk, format!("{path}/{child}")).await;
+            }
+        }
+        let _ = zk.delete(&path, None).await;
+    })
 }
