@@ -364,11 +364,12 @@ fn command_failure(reply: CommandReply) -> Error {
             Error::Unavailable(anyhow::anyhow!("the master answered: {error}"))
         }
         CommandReply::Written(_) => Error::Internal(anyhow::anyhow!("a write is not a failure")),
-        CommandReply::Snapshot(_) | CommandReply::Joined { .. } | CommandReply::Batch { .. } => {
-            Error::Internal(anyhow::anyhow!(
-                "the master answered a write with a snapshot, join or batch reply"
-            ))
-        }
+        CommandReply::Snapshot(_)
+        | CommandReply::Joined { .. }
+        | CommandReply::Left
+        | CommandReply::Batch { .. } => Error::Internal(anyhow::anyhow!(
+            "the master answered a write with a snapshot, join or batch reply"
+        )),
     }
 }
 

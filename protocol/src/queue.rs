@@ -27,6 +27,9 @@ pub enum Command {
     Snapshot { worker: String },
     /// A slave that has applied everything up to `applied_seq` asks to join the in-sync set.
     Join { worker: String, applied_seq: u64 },
+    /// A slave that is being retired has stopped serving reads, finished the ones it had, and asks to leave the
+    /// in-sync set at once (no lease to wait out: it has given it up).
+    Leave { worker: String },
 }
 
 /// One write of a [`Command::Writes`].
@@ -56,6 +59,8 @@ pub enum CommandReply {
         epoch: u64,
         seq: u64,
     },
+    /// The slave has left the in-sync set.
+    Left,
     /// The answers to a [`Command::Writes`], in its order.
     Batch {
         replies: Vec<CommandReply>,

@@ -137,7 +137,11 @@ pub async fn run(
     let zk = coord::Coord::connect(&config, names.clone())
         .await
         .context("connecting to ZooKeeper")?;
+    // Turned true on shutdown: a slave then leaves the in-sync set before it exits (scaling down must not look
+    // like a crash, nor stall writes while its lease runs out).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let work = async {
+        let mut stop = stop_rx;
         // The master role, once held, outlives a lost broker connection: the role lives in ZooKeeper.
         let mut role: Option<coord::MasterRole> = None;
         if config.role == Role::Master {
@@ -169,9 +173,13 @@ pub async fn run(
                     .await
                     .context("declaring queues")?;
                 if role.is_none() {
-                    let (replica, won) = slave::run(&config, &zk, &amqp).await?;
-                    drop(replica);
-                    role = Some(won);
+                    match slave::run(&config, &zk, &amqp, &mut stop).await? {
+                        slave::End::Promoted(replica, won) => {
+                            drop(replica);
+                            role = Some(won);
+                        }
+                        slave::End::Left => return Ok(()),
+                    }
                 }
                 let role = role.as_mut().expect("the master role is held");
                 // Reopened for writing: foreign keys, triggers and the authorizer are the master's.
@@ -179,6 +187,7 @@ pub async fn run(
                 tokio::select! {
                     res = master::run(&config, &zk, &amqp, db, role) => res,
                     () = zk.keep_leadership() => unreachable!("keep_leadership runs forever"),
+                    _ = stop.changed() => Ok(()),
                 }
             };
             let res = tokio::select! {
@@ -195,12 +204,23 @@ pub async fn run(
             }
         }
     };
+    let mut work = std::pin::pin!(work);
     tokio::select! {
-        res = work => res,
+        res = &mut work => res,
         lost = zk.session_lost() => Err(anyhow::anyhow!("ZooKeeper session lost: {lost}")),
-        () = shutdown => Ok(()),
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            // A slave in sync leaves within its reads' and the master's time; anything else just stops.
+            match tokio::time::timeout(GRACEFUL_STOP, &mut work).await {
+                Ok(res) => res,
+                Err(_) => Ok(()),
+            }
+        }
     }
 }
+
+/// How long a stopping worker may take to leave gracefully.
+const GRACEFUL_STOP: Duration = Duration::from_secs(5);
 
 /// How often the connection to RabbitMQ is checked.
 const BROKER_CHECK: Duration = Duration::from_millis(200);

@@ -260,6 +260,7 @@ impl Master<'_> {
         let mut job_deliveries = Vec::new();
         let mut snapshots = Vec::new();
         let mut joins = Vec::new();
+        let mut leaves = Vec::new();
         for d in &batch {
             match serde_json::from_slice::<Command>(&d.data) {
                 Ok(Command::Write { key, statements }) => {
@@ -279,6 +280,7 @@ impl Master<'_> {
                     job_deliveries.push((d, None));
                 }
                 Ok(Command::Snapshot { worker }) => snapshots.push((d, worker)),
+                Ok(Command::Leave { worker }) => leaves.push((d, worker)),
                 Ok(Command::Join {
                     worker,
                     applied_seq,
@@ -304,6 +306,14 @@ impl Master<'_> {
         for (d, worker, applied_seq) in joins {
             let reply = self.join(worker, applied_seq).await?;
             self.answer(d, &reply).await;
+        }
+        for (d, worker) in leaves {
+            if self.members.remove(&worker).is_some() {
+                self.acks.lock().expect("acks poisoned").remove(&worker);
+                self.write_in_sync().await?;
+                tracing::info!(%worker, "slave left the in-sync set");
+            }
+            self.answer(d, &CommandReply::Left).await;
         }
         if let Some(last) = batch.last() {
             self.commands

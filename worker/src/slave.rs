@@ -24,7 +24,7 @@ use protocol::queue::{
     Command, CommandReply, ReadBatch, ReadBatchReply, ReadReply, SyncAck, SyncKind, SyncMessage,
 };
 use protocol::{ReadRequest, Role};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::amqp::{self, Rpc};
 use crate::coord::{Coord, MasterRole, TakeoverError};
@@ -61,12 +61,24 @@ impl Serving {
     }
 }
 
-/// Runs as a slave until this worker wins an election; then returns its database and the master role.
+/// How a slave's run ends.
+pub enum End {
+    /// It won an election: its database and the master role.
+    Promoted(Box<Db>, MasterRole),
+    /// It was asked to stop, and left the in-sync set first.
+    Left,
+}
+
+/// How long a retiring slave waits for its reads in flight, and for the master to let it go.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs as a slave until this worker wins an election, or `stop` turns true (then it leaves gracefully).
 pub async fn run(
     config: &Config,
     zk: &Coord,
     conn: &Connection,
-) -> anyhow::Result<(Db, MasterRole)> {
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<End> {
     let names = config.names();
     let mut record = WorkerRecord {
         id: config.id.clone(),
@@ -121,11 +133,13 @@ pub async fn run(
     let rpc = Rpc::new(conn, &names).await?;
     let serving = Arc::new(Serving::default());
     let read_channel = conn.create_channel().await?;
+    let readers = config.readers.max(1);
+    let permits = Arc::new(Semaphore::new(readers));
     let reads = tokio::spawn(serve_reads(
         read_channel,
         names.read_queue(),
         config.db_path(),
-        config.readers.max(1),
+        permits.clone(),
         serving.clone(),
     ));
     // Stops serving reads however this function ends.
@@ -146,6 +160,10 @@ pub async fn run(
             let msg = if joined {
                 tokio::select! {
                     m = rx.recv() => m,
+                    _ = stop.changed() => {
+                        leave(config, zk, &rpc, &serving, &permits, readers).await;
+                        return Ok(End::Left);
+                    }
                     _ = refresh.tick() => {
                         (record.epoch, record.applied_seq) = db.position();
                         if let Err(e) = zk.update(&record).await {
@@ -172,7 +190,7 @@ pub async fn run(
                                 tracing::info!(epoch = role.epoch, seq = db.position().1, "won the election");
                                 zk.withdraw().await?;
                                 sync.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-                                return Ok((db, role));
+                                return Ok(End::Promoted(Box::new(db), role));
                             }
                             Err(e) => {
                                 tracing::warn!("not taking the master role: {e}");
@@ -229,6 +247,37 @@ impl Drop for AbortOnDrop {
 struct Follower {
     /// The newest epoch this copy is known to agree with: messages from older epochs are a deposed master's.
     epoch: u64,
+}
+
+/// Retires this slave: stops serving, lets the reads in flight finish (each checks, after it ran, that it may
+/// still answer: it may not, so it hands its read back), withdraws from the election and asks the master to drop
+/// it now. A slave that cannot leave cleanly is simply dropped after its lease, as a dead one would be.
+async fn leave(
+    config: &Config,
+    zk: &Coord,
+    rpc: &Rpc,
+    serving: &Serving,
+    permits: &Semaphore,
+    readers: usize,
+) {
+    serving.stop();
+    let readers = u32::try_from(readers).unwrap_or(u32::MAX);
+    if tokio::time::timeout(LEAVE_TIMEOUT, permits.acquire_many(readers))
+        .await
+        .is_err()
+    {
+        tracing::warn!("reads still running after {LEAVE_TIMEOUT:?}; leaving anyway");
+    }
+    if let Err(e) = zk.withdraw().await {
+        tracing::warn!("withdrawing from the election: {e:#}");
+    }
+    let cmd = Command::Leave {
+        worker: config.id.clone(),
+    };
+    match rpc.call(&cmd, LEAVE_TIMEOUT).await {
+        Ok(CommandReply::Left) => tracing::info!("left the in-sync set"),
+        other => tracing::warn!("leaving the in-sync set: {other:?}"),
+    }
 }
 
 /// Loads a snapshot from the master, retrying until one arrives.
@@ -433,15 +482,14 @@ async fn serve_reads(
     ch: Channel,
     queue: String,
     path: PathBuf,
-    readers: usize,
+    permits: Arc<Semaphore>,
     serving: Arc<Serving>,
 ) {
     let pool = Arc::new(Readers {
         path,
         idle: Mutex::new(Vec::new()),
     });
-    let permits = Arc::new(Semaphore::new(readers));
-    let prefetch = u16::try_from(readers * 4).unwrap_or(u16::MAX);
+    let prefetch = u16::try_from(permits.available_permits() * 4).unwrap_or(u16::MAX);
     if let Err(e) = ch.basic_qos(prefetch, BasicQosOptions::default()).await {
         tracing::error!("read channel: {e}");
         return;
