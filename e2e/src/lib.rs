@@ -59,6 +59,9 @@ pub struct Options {
     pub retry_deadline_ms: Option<u64>,
     /// Whether the orchestrator replaces dead workers (tests that watch a cluster degrade turn it off).
     pub self_healing: bool,
+    /// The scaling interval and ceiling; `None`: the orchestrator's defaults (120 s, 16).
+    pub scale_interval_secs: Option<u64>,
+    pub max_slaves: Option<u64>,
 }
 
 impl Options {
@@ -68,6 +71,8 @@ impl Options {
             request_timeout_ms: 3000,
             retry_deadline_ms: None,
             self_healing: true,
+            scale_interval_secs: None,
+            max_slaves: None,
         }
     }
 }
@@ -165,6 +170,12 @@ impl Cluster {
         }
         config.initial_slaves = options.slaves;
         config.self_healing = options.self_healing;
+        if let Some(secs) = options.scale_interval_secs {
+            config.scale_interval_secs = secs;
+        }
+        if let Some(max) = options.max_slaves {
+            config.max_slaves = max;
+        }
         config.stop_workers_on_shutdown = true;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -75,6 +75,9 @@ pub trait Control: Send + Sync + 'static {
     /// SIGKILLs the master, or the slave with the highest pid, and returns its pid once it is gone and
     /// forgotten by ZooKeeper; `Ok(None)` when there is no such worker.
     fn crash(&self, role: Role) -> BoxFuture<'_, anyhow::Result<Option<u32>>>;
+
+    /// The number of slaves the cluster is kept at.
+    fn target_slaves(&self) -> usize;
 }
 
 impl ClusterHandle {
@@ -191,6 +194,10 @@ impl ClusterHandle {
 impl Control for ClusterHandle {
     fn crash(&self, role: Role) -> BoxFuture<'_, anyhow::Result<Option<u32>>> {
         Box::pin(ClusterHandle::crash(self, role))
+    }
+
+    fn target_slaves(&self) -> usize {
+        ClusterHandle::target_slaves(self)
     }
 }
 

@@ -13,6 +13,8 @@ const DEFAULT_ZK: &str = "127.0.0.1:2181";
 const DEFAULT_DATA_DIR: &str = "./data/orchestrator";
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_INITIAL_SLAVES: usize = 1;
+const DEFAULT_SCALE_INTERVAL_SECS: u64 = 120;
+const DEFAULT_MAX_SLAVES: u64 = 16;
 const DEFAULT_WRITE_DEADLINE_MS: u64 = 10_000;
 const DEFAULT_READ_DEADLINE_MS: u64 = 10_000;
 
@@ -70,6 +72,18 @@ pub struct Config {
     #[arg(long, env = "RIDESHARE_INITIAL_SLAVES", default_value_t = DEFAULT_INITIAL_SLAVES)]
     pub initial_slaves: usize,
 
+    /// Length of a scaling interval: at the end of each (the first starts with the first `db/read`), the
+    /// number of slaves becomes max(1, ceil(reads / 20)) for that interval's reads.
+    #[arg(long, env = "RIDESHARE_SCALE_INTERVAL_SECS", default_value_t = DEFAULT_SCALE_INTERVAL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub scale_interval_secs: u64,
+
+    /// The most slaves scaling may ask for, whatever the load: each slave is a process with its own copy of the
+    /// database, and past the machine's cores more slaves only add contention.
+    #[arg(long, env = "RIDESHARE_MAX_SLAVES", default_value_t = DEFAULT_MAX_SLAVES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_slaves: u64,
+
     /// Replace dead workers and keep the number of slaves at its target. Off only for tests that watch a
     /// cluster degrade; crash APIs and the worker lists work either way.
     #[arg(long, env = "RIDESHARE_SELF_HEALING", default_value_t = true,
@@ -102,8 +116,14 @@ impl Config {
             read_deadline_ms: DEFAULT_READ_DEADLINE_MS,
             initial_slaves: DEFAULT_INITIAL_SLAVES,
             self_healing: true,
+            scale_interval_secs: DEFAULT_SCALE_INTERVAL_SECS,
+            max_slaves: DEFAULT_MAX_SLAVES,
             stop_workers_on_shutdown: false,
         }
+    }
+
+    pub fn scale_interval(&self) -> Duration {
+        Duration::from_secs(self.scale_interval_secs)
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -26,6 +26,7 @@ use crate::batch::{Batcher, Reads, Writes};
 use crate::cluster::Control;
 use crate::error::Error;
 use crate::rpc::Rpc;
+use crate::scaling::ReadCounter;
 use crate::view::ClusterView;
 
 /// Largest request body accepted. Above the 64 KiB of the public services: a `db/write` batches the
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Reads and writes travel in batches (see [`crate::batch`]); clears and other commands alone.
     pub reads: Batcher<Reads>,
     pub writes: Batcher<Writes>,
+    /// `db/read` requests counted for scaling.
+    pub read_counter: Arc<ReadCounter>,
     pub control: Arc<dyn Control>,
     pub view: watch::Receiver<ClusterView>,
     pub names: Names,
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/crash/slave", post(crash_slave))
         .route("/api/v1/worker/list", get(worker_list))
         .route("/api/v1/workers", get(workers))
+        .route("/api/v1/scaling", get(scaling))
         // Must come after the routes: it applies to the method routers registered so far. axum still adds
         // the `Allow` header to what it returns.
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
@@ -147,6 +151,7 @@ async fn read(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ReadRequest>,
 ) -> Result<Json<ReadResponse>, Error> {
+    state.read_counter.record();
     let mut retry = Retry::new(state.read_deadline);
     loop {
         let outcome = if state.view.borrow().in_sync_members().is_empty() {
@@ -191,6 +196,30 @@ async fn worker_list(State(state): State<AppState>) -> Json<Vec<u32>> {
     Json(state.view.borrow().pids())
 }
 
+/// `GET /api/v1/scaling` (ext): the number of slaves scaling wants, the number registered, and the reads
+/// counted so far in this interval.
+async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
+    let actual = state
+        .view
+        .borrow()
+        .worker_infos()
+        .iter()
+        .filter(|w| w.role == Role::Slave)
+        .count();
+    Json(Scaling {
+        desired: state.control.target_slaves(),
+        actual,
+        reads_this_interval: state.read_counter.current(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Scaling {
+    desired: usize,
+    actual: usize,
+    reads_this_interval: u64,
+}
+
 async fn workers(State(state): State<AppState>) -> Json<Vec<WorkerInfo>> {
     Json(state.view.borrow().worker_infos())
 }
@@ -231,6 +260,7 @@ impl AppState {
             rpc,
             reads,
             writes,
+            read_counter: Arc::default(),
             control,
             view,
             names,
@@ -515,6 +545,10 @@ mod tests {
         fn crash(&self, role: Role) -> BoxFuture<'_, anyhow::Result<Option<u32>>> {
             self.asked.lock().unwrap().push(role);
             Box::pin(async move { Ok(self.pid) })
+        }
+
+        fn target_slaves(&self) -> usize {
+            1
         }
     }
 

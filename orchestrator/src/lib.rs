@@ -30,6 +30,7 @@ pub mod folders;
 pub mod http;
 pub mod rpc;
 pub mod runtime;
+pub mod scaling;
 pub mod supervisor;
 pub mod view;
 
@@ -62,6 +63,7 @@ pub struct App {
     /// Held for their drop: they stop with the App.
     _view_task: AbortOnDrop,
     _supervisor_task: AbortOnDrop,
+    _scaler_task: AbortOnDrop,
     stop_workers_on_shutdown: bool,
 }
 
@@ -121,10 +123,17 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             read_deadline: config.read_deadline(),
         },
     );
+    let scaler = scaling::spawn(
+        state.read_counter.clone(),
+        cluster.clone(),
+        config.scale_interval(),
+        usize::try_from(config.max_slaves).unwrap_or(usize::MAX),
+    );
     Ok(App {
         state,
         rpc,
         cluster,
+        _scaler_task: AbortOnDrop(scaler),
         rpc_task,
         _view_task: view_task,
         _supervisor_task: AbortOnDrop(supervisor_task),

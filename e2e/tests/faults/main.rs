@@ -8,3 +8,4 @@ mod figures;
 mod healing;
 mod helpers;
 mod orchestrator_restart;
+mod scaling;

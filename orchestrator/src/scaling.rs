@@ -1,0 +1,128 @@
+//! Auto-scaling of the read slaves with the read load.
+//!
+//! `db/read` requests are counted (only those, and each HTTP request once, whatever its retries). The first
+//! one starts the clock; at the end of every interval the number of slaves becomes
+//! `max(1, ceil(reads / 20))` for the reads of that interval, capped by a ceiling that protects the machine, and
+//! the count starts again. The supervisor does the rest: new slaves catch up before they serve, retired ones leave
+//! the in-sync set before they exit, and neither is taken for a crash.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::cluster::ClusterHandle;
+
+/// Reads per slave per interval, from the original system's policy.
+pub const READS_PER_SLAVE: u64 = 20;
+
+/// The slaves wanted for `reads` reads in an interval.
+pub fn desired_slaves(reads: u64, ceiling: usize) -> usize {
+    let wanted = usize::try_from(reads.div_ceil(READS_PER_SLAVE)).unwrap_or(usize::MAX);
+    wanted.max(1).min(ceiling.max(1))
+}
+
+/// The read counter, shared by the read handler and the scaler.
+#[derive(Default)]
+pub struct ReadCounter {
+    reads: AtomicU64,
+    started: AtomicBool,
+    first: Notify,
+}
+
+impl ReadCounter {
+    /// Counts one `db/read`.
+    pub fn record(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            self.first.notify_one();
+        }
+    }
+
+    /// The reads counted since the last call, and the count starts again.
+    fn take(&self) -> u64 {
+        self.reads.swap(0, Ordering::AcqRel)
+    }
+
+    /// Reads counted so far in this interval.
+    pub fn current(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the scaler: it waits for the first read, then decides at every `interval`.
+pub fn spawn(
+    counter: Arc<ReadCounter>,
+    cluster: ClusterHandle,
+    interval: Duration,
+    ceiling: usize,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        counter.first.notified().await;
+        tracing::info!(?interval, ceiling, "first read: the scaling clock starts");
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let reads = counter.take();
+            let desired = desired_slaves(reads, ceiling);
+            let wanted = usize::try_from(reads.div_ceil(READS_PER_SLAVE)).unwrap_or(usize::MAX);
+            if wanted > ceiling {
+                tracing::warn!(
+                    reads,
+                    wanted,
+                    ceiling,
+                    "scaling decision capped by the ceiling"
+                );
+            }
+            tracing::info!(
+                reads,
+                desired,
+                previous = cluster.target_slaves(),
+                "scaling decision"
+            );
+            if let Err(e) = cluster.set_target_slaves(desired).await {
+                tracing::error!("applying a scaling decision: {e:#}");
+                return;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_gives_one_slave_per_twenty_reads_at_least_one_and_at_most_the_ceiling() {
+        for (reads, slaves) in [
+            (0, 1),
+            (1, 1),
+            (20, 1),
+            (21, 2),
+            (40, 2),
+            (41, 3),
+            (45, 3),
+            (60, 3),
+            (61, 4),
+        ] {
+            assert_eq!(desired_slaves(reads, 16), slaves, "{reads} reads");
+        }
+        assert_eq!(desired_slaves(10_000, 16), 16);
+        assert_eq!(desired_slaves(10_000, 0), 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_read_starts_the_clock_and_a_take_resets_the_count() {
+        let c = ReadCounter::default();
+        c.record();
+        c.record();
+        tokio::time::timeout(Duration::from_secs(1), c.first.notified())
+            .await
+            .expect("the first read notifies");
+        assert_eq!(c.take(), 2);
+        assert_eq!(c.current(), 0);
+    }
+}
