@@ -37,12 +37,6 @@ impl BatchKind for Reads {
     }
 
     fn decode(body: &[u8], items: usize) -> Result<Vec<ReadReply>, String> {
-        // A lone reply answers a batch of one (a slave may answer a single read that way).
-        if items == 1 {
-            if let Ok(one) = serde_json::from_slice::<ReadReply>(body) {
-                return Ok(vec![one]);
-            }
-        }
         let reply: ReadBatchReply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         if reply.replies.len() != items {
             return Err(format!("{} replies to {items} reads", reply.replies.len()));

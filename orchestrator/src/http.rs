@@ -467,6 +467,8 @@ mod tests {
     use protocol::{ErrorBody, StatementResult, Value};
     use tower::ServiceExt;
 
+    use protocol::queue::ReadBatchReply;
+
     use super::*;
     use crate::rpc::RpcError;
 
@@ -494,6 +496,13 @@ mod tests {
         Arc::new(FakeRpc {
             reply: Box::new(move || Ok(bytes.clone())),
             calls: Mutex::default(),
+        })
+    }
+
+    /// A slave answering every read batch with `reply` (for a batch of one read).
+    fn answering_reads(reply: ReadReply) -> Arc<FakeRpc> {
+        replying(ReadBatchReply {
+            replies: vec![reply],
         })
     }
 
@@ -942,7 +951,7 @@ mod tests {
     async fn reads_without_an_in_sync_slave_return_503_at_once() {
         let mut view = healthy_view();
         view.in_sync.as_mut().unwrap().members.clear();
-        let rpc = replying(ReadReply::Rows(ReadResponse {
+        let rpc = answering_reads(ReadReply::Rows(ReadResponse {
             columns: vec![],
             rows: vec![],
         }));
@@ -965,7 +974,7 @@ mod tests {
             columns: vec!["n".into()],
             rows: vec![vec![Value::Integer(1)], vec![Value::Null]],
         };
-        let rpc = replying(ReadReply::Rows(rows));
+        let rpc = answering_reads(ReadReply::Rows(rows));
         let (status, _, json) = send(
             app(rpc.clone(), healthy_view()),
             Method::POST,
@@ -981,7 +990,7 @@ mod tests {
         );
         assert_eq!(rpc.calls.lock().unwrap()[0].0, "test.readQ");
 
-        let rpc = replying(ReadReply::Rejected {
+        let rpc = answering_reads(ReadReply::Rejected {
             error: "attempt to write a readonly database".into(),
         });
         let (status, _, json) = send(
@@ -1158,7 +1167,7 @@ mod tests {
         let mut view = healthy_view();
         view.in_sync.as_mut().unwrap().members.clear();
         let (tx, rx) = watch::channel(view);
-        let rpc = replying(ReadReply::Rows(ReadResponse {
+        let rpc = answering_reads(ReadReply::Rows(ReadResponse {
             columns: vec!["1".into()],
             rows: vec![vec![Value::Integer(1)]],
         }));

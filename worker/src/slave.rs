@@ -430,11 +430,8 @@ impl Follower {
             serving
                 .lease_until_ms
                 .store(msg.lease_until_ms, Ordering::SeqCst);
-            if !serving.in_sync.swap(true, Ordering::SeqCst) {
-                if let Err(e) = zk.stand().await {
-                    tracing::warn!("standing for election: {e:#}");
-                }
-            }
+            // Standing for election happened when the join was answered.
+            serving.in_sync.store(true, Ordering::SeqCst);
             Step::Continue
         } else if serving.in_sync.swap(false, Ordering::SeqCst) {
             tracing::warn!("no longer in the in-sync set: rejoining");
@@ -559,14 +556,9 @@ async fn serve_reads(
 
 /// Serves one read, or hands it back to the queue when this slave stopped being allowed to serve meanwhile.
 async fn read_one(ch: &Channel, pool: &Arc<Readers>, serving: &Arc<Serving>, d: Delivery) {
-    // The orchestrator sends batches; a lone read is accepted too (and answered alone).
-    let (reads, batched) = match serde_json::from_slice::<ReadBatch>(&d.data) {
-        Ok(batch) => (Ok(batch.reads), true),
-        Err(_) => match serde_json::from_slice::<ReadRequest>(&d.data) {
-            Ok(one) => (Ok(vec![one]), false),
-            Err(e) => (Err(format!("undecodable read: {e}")), false),
-        },
-    };
+    let reads = serde_json::from_slice::<ReadBatch>(&d.data)
+        .map(|batch| batch.reads)
+        .map_err(|e| format!("undecodable read: {e}"));
     let replies = match reads {
         Err(error) => vec![ReadReply::Rejected { error }],
         Ok(reads) => {
@@ -593,11 +585,7 @@ async fn read_one(ch: &Channel, pool: &Arc<Readers>, serving: &Arc<Serving>, d: 
             }
         }
     };
-    let body = if batched {
-        serde_json::to_vec(&ReadBatchReply { replies })
-    } else {
-        serde_json::to_vec(&replies[0])
-    };
+    let body = serde_json::to_vec(&ReadBatchReply { replies });
     if let (Some(to), Ok(body)) = (d.properties.reply_to(), body) {
         let id = d.properties.correlation_id().as_ref().map(|c| c.as_str());
         if let Err(e) = amqp::reply(ch, to.as_str(), id, &body).await {
