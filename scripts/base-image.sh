@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the base image of every RideShare image, debian:bookworm-slim, exists in the local Docker engine.
 #
-# On a machine that can pull images there is nothing to do: `docker build` pulls it. On one that cannot (no
-# registry access, only a Debian mirror), this script creates it: `debootstrap --variant=minbase bookworm`, trimmed
+# On a machine that can pull images it pulls it. On one that cannot (no registry access, only a Debian mirror),
+# this script creates it: `debootstrap --variant=minbase bookworm`, trimmed
 # the way the official slim image is (no manual pages, documentation or translations; no apt caches), then
 # `docker import`. The root filesystem is kept as a tarball, so that the image comes back in seconds, offline,
 # after a `docker image prune -a` or on an engine reset.
@@ -15,15 +15,16 @@
 #   RIDESHARE_DEBIAN_MIRROR the Debian mirror debootstrap uses, and the one the image's apt sources name
 #                           (default http://deb.debian.org/debian; security updates come from
 #                           http://deb.debian.org/debian-security, or RIDESHARE_DEBIAN_SECURITY_MIRROR)
-#   RIDESHARE_BASE_PULL     1: try `docker pull` first and build only if that fails (default 0: this script
-#                           exists for machines that cannot pull, where a pull only waits for a timeout)
+#   RIDESHARE_BASE_PULL     0: do not try `docker pull` first (default 1: pull, and build only if that fails;
+#                           where no registry is reachable the pull fails at once, and it is cut off after 2
+#                           minutes if it hangs)
 set -euo pipefail
 
 IMAGE=${RIDESHARE_BASE_IMAGE:-debian:bookworm-slim}
 CACHE_DIR=${RIDESHARE_BASE_CACHE:-/var/cache/rideshare}
 MIRROR=${RIDESHARE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${RIDESHARE_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-TRY_PULL=${RIDESHARE_BASE_PULL:-0}
+TRY_PULL=${RIDESHARE_BASE_PULL:-1}
 SUITE=bookworm
 TARBALL=$CACHE_DIR/$SUITE-minbase-$(dpkg --print-architecture 2>/dev/null || uname -m).tar.gz
 
@@ -43,7 +44,7 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
     exit 0
 fi
 
-if [[ $TRY_PULL == 1 ]] && docker pull -q "$IMAGE" >/dev/null 2>&1; then
+if [[ $TRY_PULL == 1 ]] && timeout 120 docker pull -q "$IMAGE" >/dev/null 2>&1; then
     log "pulled $IMAGE"
     exit 0
 fi

@@ -14,6 +14,8 @@ set -euo pipefail
 #   nginx                  the gateway
 #   wrk                    HTTP load generation for ad-hoc benchmarks
 #   curl, ca-certificates  health checks, and fetching rustup when Rust is missing
+#   debootstrap            the base image of the Docker images, on a machine that cannot pull it
+#   docker.io, docker-compose   when Docker is missing: the engine and Compose for the container images and test
 PACKAGES=(
     rabbitmq-server
     zookeeper
@@ -24,7 +26,17 @@ PACKAGES=(
     wrk
     curl
     ca-certificates
+    debootstrap
 )
+# The containers (scripts/docker-build.sh, the Compose test): Debian's Docker engine and docker-compose 1.29, but
+# only on a machine with no Docker at all (one with Docker's own packages keeps them; the two conflict).
+# debootstrap, above, creates the base image where no image can be pulled.
+if ! command -v docker >/dev/null 2>&1; then
+    PACKAGES+=(docker.io)
+fi
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    PACKAGES+=(docker-compose)
+fi
 
 die() {
     echo "setup.sh: error: $*" >&2

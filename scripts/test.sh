@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: makes sure the tools and RabbitMQ/ZooKeeper are there (quick when they already are), then runs
-# every test of the workspace. Extra arguments go to the test runner (e.g. a test name filter).
+# every test of the workspace, then the container test when Docker is there. Extra arguments go to the test runner
+# (e.g. a test name filter).
 # Exits non-zero when any test fails.
 #
 # Environment: RIDESHARE_TEST_THREADS, how many tests run at once (default: the number of CPUs). Tests start
@@ -30,4 +31,15 @@ cargo nextest run --workspace --no-fail-fast --no-tests=pass --test-threads "$th
 cargo nextest run -p e2e --no-fail-fast --no-tests=pass --test-threads 1 -E 'test(/^disruptive::/)' "$@" || status=$?
 # nextest does not run doc tests.
 cargo test --workspace --doc || status=$?
+# The whole system as containers under Compose, with the images built from this tree (scripts/docker-build.sh
+# also creates the base image where none can be pulled). Only where a Docker engine answers; said when skipped.
+if docker info >/dev/null 2>&1; then
+    if scripts/docker-build.sh; then
+        cargo nextest run -p e2e --test containers --no-fail-fast --run-ignored only "$@" || status=$?
+    else
+        status=1
+    fi
+else
+    echo "test.sh: no Docker engine answers: the container test (e2e/tests/containers) did not run" >&2
+fi
 exit "$status"

@@ -17,6 +17,18 @@ const DEFAULT_SCALE_INTERVAL_SECS: u64 = 120;
 const DEFAULT_MAX_SLAVES: u64 = 16;
 const DEFAULT_WRITE_DEADLINE_MS: u64 = 10_000;
 const DEFAULT_READ_DEADLINE_MS: u64 = 10_000;
+const DEFAULT_WORKER_IMAGE: &str = "rideshare/worker:latest";
+const DEFAULT_DOCKER_NETWORK: &str = "rideshare";
+const DEFAULT_DOCKER_DATA_VOLUME: &str = "rideshare-data";
+
+/// Where the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerRuntime {
+    /// Child processes of the orchestrator, on its host (`--worker-bin`).
+    Process,
+    /// Docker containers (`--worker-image`), started through the Docker API on `--docker-network`.
+    Docker,
+}
 
 /// RideShare orchestrator: the database API (`db/read`, `db/write`) and control of the worker cluster.
 #[derive(Debug, Clone, Parser)]
@@ -47,6 +59,24 @@ pub struct Config {
     /// The worker binary to start workers from [default: the `worker` file next to this executable].
     #[arg(long, env = "RIDESHARE_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+
+    /// Where workers run: `process` (children of this process) or `docker` (containers; the orchestrator must
+    /// reach the Docker daemon, through DOCKER_HOST or its socket, and its data directory must be the Docker
+    /// volume `--docker-data-volume`, mounted at the same path in every worker).
+    #[arg(long, env = "RIDESHARE_WORKER_RUNTIME", value_enum, default_value_t = WorkerRuntime::Process)]
+    pub worker_runtime: WorkerRuntime,
+
+    /// The worker image of the Docker runtime.
+    #[arg(long, env = "RIDESHARE_WORKER_IMAGE", default_value = DEFAULT_WORKER_IMAGE)]
+    pub worker_image: String,
+
+    /// The Docker network worker containers join (where RabbitMQ and ZooKeeper are found by name).
+    #[arg(long, env = "RIDESHARE_DOCKER_NETWORK", default_value = DEFAULT_DOCKER_NETWORK)]
+    pub docker_network: String,
+
+    /// The Docker volume that holds this orchestrator's data directory (the workers' databases).
+    #[arg(long, env = "RIDESHARE_DOCKER_DATA_VOLUME", default_value = DEFAULT_DOCKER_DATA_VOLUME)]
+    pub docker_data_volume: String,
 
     /// How long a `db/read` or `db/write` waits for a worker's answer before giving up with 503. Also the
     /// expiration of the request message, so a request nobody took in time is dropped rather than run late.
@@ -111,6 +141,10 @@ impl Config {
             namespace: protocol::names::DEFAULT_NAMESPACE.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             worker_bin: None,
+            worker_runtime: WorkerRuntime::Process,
+            worker_image: DEFAULT_WORKER_IMAGE.to_owned(),
+            docker_network: DEFAULT_DOCKER_NETWORK.to_owned(),
+            docker_data_volume: DEFAULT_DOCKER_DATA_VOLUME.to_owned(),
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             write_deadline_ms: DEFAULT_WRITE_DEADLINE_MS,
             read_deadline_ms: DEFAULT_READ_DEADLINE_MS,
@@ -203,6 +237,13 @@ mod tests {
         assert!(c.stop_workers_on_shutdown);
         assert_eq!(c.initial_slaves, 1);
         assert!(c.self_healing);
+    }
+
+    #[test]
+    fn the_docker_runtime_is_chosen_by_name() {
+        let c = Config::try_parse_from(["orchestrator", "--worker-runtime", "docker"]).unwrap();
+        assert_eq!(c.worker_runtime, WorkerRuntime::Docker);
+        assert!(Config::try_parse_from(["orchestrator", "--worker-runtime", "podman"]).is_err());
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! - [`cluster`]: the [`ClusterHandle`] that the API and tests use to look at and change the cluster.
 //! - [`supervisor`]: the task that owns the cluster's desired state and heals it.
 //! - [`folders`]: the workers' data folders and how far each copy of the database got.
-//! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait and local processes.
+//! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait, local processes, and Docker
+//!   containers ([`runtime::docker`]).
 
 pub mod batch;
 pub mod cluster;
@@ -87,13 +88,28 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     let view_task = AbortOnDrop(view_task);
 
     let (exits_tx, exits) = mpsc::unbounded_channel();
-    let runtime = runtime::LocalProcesses::new(
-        config.worker_bin()?,
-        // Tests ask for their workers to be stopped; then a test that panics before its shutdown must not
-        // leave workers behind either.
-        config.stop_workers_on_shutdown,
-        exits_tx,
-    );
+    let runtime: Arc<dyn runtime::WorkerRuntime> = match config.worker_runtime {
+        config::WorkerRuntime::Process => Arc::new(runtime::LocalProcesses::new(
+            config.worker_bin()?,
+            // Tests ask for their workers to be stopped; then a test that panics before its shutdown must not
+            // leave workers behind either.
+            config.stop_workers_on_shutdown,
+            exits_tx,
+        )),
+        config::WorkerRuntime::Docker => Arc::new(
+            runtime::docker::DockerWorkers::connect(
+                runtime::docker::DockerSettings {
+                    image: config.worker_image.clone(),
+                    network: config.docker_network.clone(),
+                    data_volume: config.docker_data_volume.clone(),
+                    data_dir: config.data_dir.clone(),
+                    namespace: config.namespace.clone(),
+                },
+                exits_tx,
+            )
+            .await?,
+        ),
+    };
     let (cluster, supervisor_task) = supervisor::spawn(
         supervisor::Settings {
             template: cluster::WorkerTemplate {
@@ -105,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             initial_slaves: config.initial_slaves,
             self_healing: config.self_healing,
         },
-        Arc::new(runtime),
+        runtime,
         exits,
         view.clone(),
         registry,

@@ -5,6 +5,8 @@
 //! implement it with the Docker API. It is object-safe (methods return boxed futures) so the cluster code holds
 //! an `Arc<dyn WorkerRuntime>` chosen at start-up.
 
+pub mod docker;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -67,6 +69,19 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// by an earlier orchestrator and not registered yet). Asked before a worker's folder is reused or
     /// removed.
     fn is_running_anywhere<'a>(&'a self, id: &'a str) -> BoxFuture<'a, anyhow::Result<bool>>;
+}
+
+/// A runtime's map of live workers as `list` answers: by ascending pid.
+fn by_pid<H>(workers: &HashMap<String, H>, pid: impl Fn(&H) -> u32) -> Vec<WorkerProcess> {
+    let mut live: Vec<WorkerProcess> = workers
+        .iter()
+        .map(|(id, h)| WorkerProcess {
+            id: id.clone(),
+            pid: pid(h),
+        })
+        .collect();
+    live.sort_by_key(|w| w.pid);
+    live
 }
 
 /// Workers as processes of this host: those it starts are its children, those it adopts are not (their
@@ -295,17 +310,9 @@ impl WorkerRuntime for LocalProcesses {
     }
 
     fn list(&self) -> BoxFuture<'_, anyhow::Result<Vec<WorkerProcess>>> {
-        let mut live: Vec<WorkerProcess> = self
-            .workers
-            .lock()
-            .expect("workers map poisoned")
-            .iter()
-            .map(|(id, h)| WorkerProcess {
-                id: id.clone(),
-                pid: h.pid,
-            })
-            .collect();
-        live.sort_by_key(|w| w.pid);
+        let live = by_pid(&self.workers.lock().expect("workers map poisoned"), |h| {
+            h.pid
+        });
         Box::pin(async move { Ok(live) })
     }
 

@@ -56,6 +56,11 @@ pub struct Config {
     /// itself as pid 1, but the contract wants the pid on the host.
     #[arg(long, env = "RIDESHARE_REPORTED_PID")]
     pub reported_pid: Option<u32>,
+    /// A file to read the pid to report from, waiting for it to appear: the orchestrator's Docker runtime
+    /// learns the container's pid on the host only once the container runs, and writes it there. The worker
+    /// waits for it before registering anywhere; without it, after `HOST_PID_WAIT`, the worker gives up.
+    #[arg(long, env = "RIDESHARE_HOST_PID_FILE", conflicts_with = "reported_pid")]
+    pub host_pid_file: Option<PathBuf>,
     /// How long the master waits for a slave's acknowledgement before it gives up on that slave. Short enough
     /// that a dead slave stalls writes briefly, long enough that a busy slave on a loaded 2-core host (GC-free,
     /// but sharing the CPU with the broker) is not dropped by mistake.
@@ -120,11 +125,45 @@ impl Config {
     }
 }
 
+/// How long a worker in a container waits for its host pid. The orchestrator writes it right after the
+/// container starts; an orchestrator that died in between never will, and the worker then exits rather than
+/// register a wrong pid (its folder is reused by the next start).
+const HOST_PID_WAIT: Duration = Duration::from_secs(30);
+
+/// Reads the pid the orchestrator wrote to `path` (decimal, written to a temporary file then renamed, so a
+/// file that exists is complete).
+async fn wait_for_host_pid(path: &std::path::Path) -> anyhow::Result<u32> {
+    let deadline = tokio::time::Instant::now() + HOST_PID_WAIT;
+    loop {
+        match tokio::fs::read_to_string(path).await {
+            Ok(text) => {
+                return text.trim().parse().with_context(|| {
+                    format!(
+                        "the host pid in {} is not a number: {text:?}",
+                        path.display()
+                    )
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no host pid in {} after {HOST_PID_WAIT:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the worker until `shutdown` resolves or a fatal error (lost ZooKeeper session, lost broker) happens.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    if let Some(path) = config.host_pid_file.take() {
+        config.reported_pid = Some(wait_for_host_pid(&path).await?);
+    }
     anyhow::ensure!(
         !config.id.is_empty()
             && config
@@ -224,3 +263,32 @@ const GRACEFUL_STOP: Duration = Duration::from_secs(5);
 
 /// How often the connection to RabbitMQ is checked.
 const BROKER_CHECK: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_host_pid_is_read_once_the_orchestrator_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host-pid");
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::fs::write(&path, "31337\n").unwrap();
+            })
+        };
+        assert_eq!(wait_for_host_pid(&path).await.unwrap(), 31337);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_host_pid_file_that_is_not_a_number_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host-pid");
+        std::fs::write(&path, "pid one\n").unwrap();
+        let e = wait_for_host_pid(&path).await.unwrap_err();
+        assert!(format!("{e:#}").contains("not a number"), "{e:#}");
+    }
+}
