@@ -62,6 +62,9 @@ pub struct Options {
     /// The scaling interval and ceiling; `None`: the orchestrator's defaults (120 s, 16).
     pub scale_interval_secs: Option<u64>,
     pub max_slaves: Option<u64>,
+    /// Environment for this cluster's workers only (their flags' `RIDESHARE_*` variables), e.g. a longer
+    /// lease: they are started through a wrapper script that sets it, so other tests are not affected.
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -73,6 +76,7 @@ impl Options {
             self_healing: true,
             scale_interval_secs: None,
             max_slaves: None,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -91,6 +95,29 @@ pub fn worker_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// A script in `dir` that starts the worker binary with `env` added to its environment. It execs the worker, so
+/// the process (its pid, its command line) is the worker's own.
+fn worker_wrapper(dir: &Path, env: &[(String, String)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mut script = String::from("#!/bin/sh\n");
+    for (name, value) in env {
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "a worker variable the wrapper does not quote: {name}={value}"
+        );
+        script.push_str(&format!("export {name}={value}\n"));
+    }
+    script.push_str(&format!("exec '{}' \"$@\"\n", worker_bin().display()));
+    let path = dir.join("worker-wrapper.sh");
+    std::fs::write(&path, script).expect("writing the worker wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("making the worker wrapper executable");
+    path
 }
 
 pub fn st(sql: &str, params: Vec<Value>) -> Statement {
@@ -162,7 +189,11 @@ impl Cluster {
         let mut config = orchestrator::Config::defaults();
         config.namespace = namespace.clone();
         config.data_dir = data.path().to_owned();
-        config.worker_bin = Some(worker_bin());
+        config.worker_bin = Some(if options.worker_env.is_empty() {
+            worker_bin()
+        } else {
+            worker_wrapper(data.path(), &options.worker_env)
+        });
         config.request_timeout_ms = options.request_timeout_ms;
         if let Some(deadline) = options.retry_deadline_ms {
             config.write_deadline_ms = deadline;

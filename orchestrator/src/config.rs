@@ -74,7 +74,10 @@ pub struct Config {
     #[arg(long, env = "RIDESHARE_DOCKER_NETWORK", default_value = DEFAULT_DOCKER_NETWORK)]
     pub docker_network: String,
 
-    /// The Docker volume that holds this orchestrator's data directory (the workers' databases).
+    /// The Docker volume that holds this orchestrator's data directory (the workers' databases), mounted at the
+    /// data directory's path in every worker. An orchestrator that runs on the host rather than in a container
+    /// gives its data directory itself (an absolute path), which Docker then bind-mounts, with
+    /// `--docker-network host` so that the workers reach the broker and ZooKeeper at the same addresses.
     #[arg(long, env = "RIDESHARE_DOCKER_DATA_VOLUME", default_value = DEFAULT_DOCKER_DATA_VOLUME)]
     pub docker_data_volume: String,
 

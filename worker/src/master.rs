@@ -294,6 +294,16 @@ impl Master<'_> {
                 }
             }
         }
+        // Leaves first: a retiring slave serves no read any more, so the writes of this batch need not wait
+        // for its acknowledgement.
+        for (d, worker) in leaves {
+            if self.members.remove(&worker).is_some() {
+                self.acks.lock().expect("acks poisoned").remove(&worker);
+                self.write_in_sync().await?;
+                tracing::info!(%worker, "slave left the in-sync set");
+            }
+            self.answer(d, &CommandReply::Left).await;
+        }
         if !jobs.is_empty() {
             self.write_round(&jobs, &job_deliveries).await?;
         }
@@ -306,14 +316,6 @@ impl Master<'_> {
         for (d, worker, applied_seq) in joins {
             let reply = self.join(worker, applied_seq).await?;
             self.answer(d, &reply).await;
-        }
-        for (d, worker) in leaves {
-            if self.members.remove(&worker).is_some() {
-                self.acks.lock().expect("acks poisoned").remove(&worker);
-                self.write_in_sync().await?;
-                tracing::info!(%worker, "slave left the in-sync set");
-            }
-            self.answer(d, &CommandReply::Left).await;
         }
         if let Some(last) = batch.last() {
             self.commands

@@ -48,16 +48,25 @@ struct Serving {
     lease_until_ms: AtomicU64,
     /// Bumped each time the database file is replaced by a snapshot: read connections to an older one are stale.
     generation: AtomicU64,
+    /// Set once, when the slave starts leaving: it goes on applying entries, which name it in sync until the
+    /// master has dropped it, but serves no read again.
+    retiring: AtomicBool,
 }
 
 impl Serving {
     fn can_serve(&self) -> bool {
         self.in_sync.load(Ordering::SeqCst)
+            && !self.retiring.load(Ordering::SeqCst)
             && now_ms() + LEASE_MARGIN_MS < self.lease_until_ms.load(Ordering::SeqCst)
     }
 
     fn stop(&self) {
         self.in_sync.store(false, Ordering::SeqCst);
+    }
+
+    fn retire(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
+        self.stop();
     }
 }
 
@@ -161,8 +170,28 @@ pub async fn run(
                 tokio::select! {
                     m = rx.recv() => m,
                     _ = stop.changed() => {
-                        leave(config, zk, &rpc, &serving, &permits, readers).await;
-                        return Ok(End::Left);
+                        // Entries go on being applied and acknowledged while leaving: until the master has
+                        // dropped this slave it waits for its acks, and a slave that stopped applying would
+                        // stall every write for a lease.
+                        let leaving = leave(config, zk, &rpc, &serving, &permits, readers);
+                        tokio::pin!(leaving);
+                        loop {
+                            tokio::select! {
+                                () = &mut leaving => return Ok(End::Left),
+                                m = rx.recv() => {
+                                    let step = match &m {
+                                        Some(d) => follower.on_sync(config, &sync, &mut db, &serving, zk, d).await,
+                                        None => Step::Resync,
+                                    };
+                                    if !matches!(step, Step::Continue) {
+                                        // Nothing left to keep up with (a new epoch, a lost consumer): the
+                                        // master drops this slave anyway; finish leaving.
+                                        (&mut leaving).await;
+                                        return Ok(End::Left);
+                                    }
+                                }
+                            }
+                        }
                     }
                     _ = refresh.tick() => {
                         (record.epoch, record.applied_seq) = db.position();
@@ -260,7 +289,7 @@ async fn leave(
     permits: &Semaphore,
     readers: usize,
 ) {
-    serving.stop();
+    serving.retire();
     let readers = u32::try_from(readers).unwrap_or(u32::MAX);
     if tokio::time::timeout(LEAVE_TIMEOUT, permits.acquire_many(readers))
         .await
