@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::queue::{Command, CommandReply, KeyedWrite, ReadBatch, ReadBatchReply, ReadReply};
+use protocol::queue::{
+    Command, CommandReply, KeyedWrite, ReadBatch, ReadBatchReply, ReadPosition, ReadReply,
+};
 use protocol::ReadRequest;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -17,30 +19,53 @@ use crate::error::Error;
 use crate::rpc::Rpc;
 
 /// How requests of one kind travel together.
-pub trait BatchKind: Send + 'static {
+pub trait BatchKind: Send + Sync + 'static {
     type Item: Send + 'static;
     type Reply: Clone + Send + 'static;
-    fn encode(items: Vec<Self::Item>) -> serde_json::Result<Vec<u8>>;
+    fn encode(&self, items: Vec<Self::Item>) -> serde_json::Result<Vec<u8>>;
     /// The replies, one per item, in order.
-    fn decode(body: &[u8], items: usize) -> Result<Vec<Self::Reply>, String>;
+    fn decode(&self, body: &[u8], items: usize) -> Result<Vec<Self::Reply>, String>;
 }
 
 /// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`.
-pub struct Reads;
+///
+/// Every read passes through here, so this is where reads are kept from going back in time: each batch asks
+/// for the furthest position any answered read has shown (`floor`), and slaves read only once they stand
+/// there. A slave may serve an entry before the write is acknowledged (the master waits for every slave's
+/// ack); without the floor, a reader could see that entry on one slave, then miss it on another.
+#[derive(Default)]
+pub struct Reads {
+    /// `std::sync::Mutex`: held only to read or raise the position, never across an `.await`.
+    floor: std::sync::Mutex<ReadPosition>,
+}
+
+impl Reads {
+    /// The furthest position any read has shown (what the next batch asks for).
+    pub fn floor(&self) -> ReadPosition {
+        *self.floor.lock().expect("read floor poisoned")
+    }
+}
 
 impl BatchKind for Reads {
     type Item = ReadRequest;
     type Reply = ReadReply;
 
-    fn encode(reads: Vec<ReadRequest>) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&ReadBatch { reads })
+    fn encode(&self, reads: Vec<ReadRequest>) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ReadBatch {
+            reads,
+            at_least: self.floor(),
+        })
     }
 
-    fn decode(body: &[u8], items: usize) -> Result<Vec<ReadReply>, String> {
+    fn decode(&self, body: &[u8], items: usize) -> Result<Vec<ReadReply>, String> {
         let reply: ReadBatchReply = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         if reply.replies.len() != items {
             return Err(format!("{} replies to {items} reads", reply.replies.len()));
         }
+        // Raised before any of these replies reaches its caller: a read that starts after one of them ended
+        // asks for at least what it saw.
+        let mut floor = self.floor.lock().expect("read floor poisoned");
+        *floor = (*floor).max(reply.position);
         Ok(reply.replies)
     }
 }
@@ -53,11 +78,11 @@ impl BatchKind for Writes {
     type Item = KeyedWrite;
     type Reply = CommandReply;
 
-    fn encode(writes: Vec<KeyedWrite>) -> serde_json::Result<Vec<u8>> {
+    fn encode(&self, writes: Vec<KeyedWrite>) -> serde_json::Result<Vec<u8>> {
         serde_json::to_vec(&Command::Writes { writes })
     }
 
-    fn decode(body: &[u8], items: usize) -> Result<Vec<CommandReply>, String> {
+    fn decode(&self, body: &[u8], items: usize) -> Result<Vec<CommandReply>, String> {
         match serde_json::from_slice(body).map_err(|e| e.to_string())? {
             CommandReply::Batch { replies } if replies.len() == items => Ok(replies),
             CommandReply::Batch { replies } => {
@@ -78,12 +103,14 @@ struct Pending<K: BatchKind> {
 /// Sends requests of one kind to one queue, in batches. Cheap to clone.
 pub struct Batcher<K: BatchKind> {
     queue: mpsc::UnboundedSender<Pending<K>>,
+    kind: Arc<K>,
 }
 
 impl<K: BatchKind> Clone for Batcher<K> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
+            kind: self.kind.clone(),
         }
     }
 }
@@ -91,16 +118,28 @@ impl<K: BatchKind> Clone for Batcher<K> {
 impl<K: BatchKind> Batcher<K> {
     /// `max_in_flight`: batches out at once (more means more parallel slaves busy, and smaller batches);
     /// `max_batch`: requests in one message at most.
-    pub fn start(rpc: Arc<dyn Rpc>, queue: String, max_in_flight: usize, max_batch: usize) -> Self {
+    pub fn start(
+        kind: K,
+        rpc: Arc<dyn Rpc>,
+        queue: String,
+        max_in_flight: usize,
+        max_batch: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let kind = Arc::new(kind);
         tokio::spawn(gather::<K>(
+            kind.clone(),
             rpc,
             queue,
             rx,
             max_in_flight.max(1),
             max_batch.max(1),
         ));
-        Self { queue: tx }
+        Self { queue: tx, kind }
+    }
+
+    pub fn kind(&self) -> &K {
+        &self.kind
     }
 
     /// Sends one request with the others waiting, and returns its reply; gives up after `timeout`.
@@ -125,6 +164,7 @@ impl<K: BatchKind> Batcher<K> {
 }
 
 async fn gather<K: BatchKind>(
+    kind: Arc<K>,
     rpc: Arc<dyn Rpc>,
     queue: String,
     mut rx: mpsc::UnboundedReceiver<Pending<K>>,
@@ -149,15 +189,15 @@ async fn gather<K: BatchKind>(
         if batch.is_empty() {
             continue;
         }
-        let (rpc, queue) = (rpc.clone(), queue.clone());
+        let (kind, rpc, queue) = (kind.clone(), rpc.clone(), queue.clone());
         tokio::spawn(async move {
-            send::<K>(&*rpc, &queue, batch).await;
+            send::<K>(&*kind, &*rpc, &queue, batch).await;
             drop(slot);
         });
     }
 }
 
-async fn send<K: BatchKind>(rpc: &dyn Rpc, queue: &str, batch: Vec<Pending<K>>) {
+async fn send<K: BatchKind>(kind: &K, rpc: &dyn Rpc, queue: &str, batch: Vec<Pending<K>>) {
     let deadline = batch
         .iter()
         .map(|p| p.deadline)
@@ -166,13 +206,14 @@ async fn send<K: BatchKind>(rpc: &dyn Rpc, queue: &str, batch: Vec<Pending<K>>) 
     let timeout = deadline.saturating_duration_since(Instant::now());
     let (items, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.answer)).unzip();
     let n = items.len();
-    let result = match K::encode(items) {
+    let result = match kind.encode(items) {
         Err(e) => Err(Error::Internal(anyhow::anyhow!("encoding a batch: {e}"))),
         Ok(body) => match rpc.call(queue, body, timeout).await {
             Err(e) => Err(Error::Unavailable(anyhow::anyhow!(
                 "request on {queue}: {e}"
             ))),
-            Ok(reply) => K::decode(&reply, n)
+            Ok(reply) => kind
+                .decode(&reply, n)
                 .map_err(|e| Error::Internal(anyhow::anyhow!("unreadable reply on {queue}: {e}"))),
         },
     };
@@ -232,7 +273,11 @@ mod tests {
                         })
                     })
                     .collect();
-                Ok(serde_json::to_vec(&ReadBatchReply { replies }).unwrap())
+                Ok(serde_json::to_vec(&ReadBatchReply {
+                    replies,
+                    position: ReadPosition::default(),
+                })
+                .unwrap())
             })
         }
     }
@@ -247,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn requests_that_wait_for_a_free_slot_leave_together_and_each_gets_its_own_answer() {
         let rpc = Arc::new(SlowEcho::default());
-        let batcher = Batcher::<Reads>::start(rpc.clone(), "q".into(), 1, 64);
+        let batcher = Batcher::start(Reads::default(), rpc.clone(), "q".into(), 1, 64);
         let calls = (0..10).map(|i| {
             let b = batcher.clone();
             async move { b.call(read(&format!("q{i}")), Duration::from_secs(5)).await }
@@ -267,7 +312,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_request_leaves_at_once_in_a_batch_of_one() {
         let rpc = Arc::new(SlowEcho::default());
-        let batcher = Batcher::<Reads>::start(rpc.clone(), "q".into(), 4, 64);
+        let batcher = Batcher::start(Reads::default(), rpc.clone(), "q".into(), 4, 64);
         batcher
             .call(read("only"), Duration::from_secs(5))
             .await
@@ -278,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_whose_time_ran_out_gets_503() {
         let rpc = Arc::new(SlowEcho::default());
-        let batcher = Batcher::<Reads>::start(rpc, "q".into(), 1, 64);
+        let batcher = Batcher::start(Reads::default(), rpc, "q".into(), 1, 64);
         let err = batcher
             .call(read("slow"), Duration::from_millis(5))
             .await
@@ -287,11 +332,36 @@ mod tests {
     }
 
     #[test]
+    fn each_read_batch_asks_for_the_furthest_position_an_earlier_reply_showed() {
+        let reads = Reads::default();
+        let asked = |reads: &Reads| -> ReadPosition {
+            let body = reads.encode(vec![read("q")]).unwrap();
+            serde_json::from_slice::<ReadBatch>(&body).unwrap().at_least
+        };
+        let reply = |epoch, seq| {
+            serde_json::to_vec(&ReadBatchReply {
+                replies: vec![ReadReply::Rejected { error: "x".into() }],
+                position: ReadPosition { epoch, seq },
+            })
+            .unwrap()
+        };
+        assert_eq!(asked(&reads), ReadPosition::default());
+        reads.decode(&reply(2, 7), 1).unwrap();
+        assert_eq!(asked(&reads), ReadPosition { epoch: 2, seq: 7 });
+        // A reply from a copy further behind does not lower it.
+        reads.decode(&reply(2, 3), 1).unwrap();
+        assert_eq!(asked(&reads), ReadPosition { epoch: 2, seq: 7 });
+        // A later epoch is further, whatever its seq (an entry of the old master that no one kept).
+        reads.decode(&reply(3, 5), 1).unwrap();
+        assert_eq!(asked(&reads), ReadPosition { epoch: 3, seq: 5 });
+    }
+
+    #[test]
     fn a_refusal_of_a_whole_write_batch_answers_every_write_in_it() {
         let body = serde_json::to_vec(&CommandReply::Rejected { error: "no".into() }).unwrap();
-        let replies = Writes::decode(&body, 3).unwrap();
+        let replies = Writes.decode(&body, 3).unwrap();
         assert_eq!(replies.len(), 3);
         let short = serde_json::to_vec(&CommandReply::Batch { replies: vec![] }).unwrap();
-        assert!(Writes::decode(&short, 2).is_err());
+        assert!(Writes.decode(&short, 2).is_err());
     }
 }

@@ -249,8 +249,15 @@ impl AppState {
         names: Names,
         timeouts: Timeouts,
     ) -> Self {
-        let reads = Batcher::start(rpc.clone(), names.read_queue(), READS_IN_FLIGHT, MAX_BATCH);
+        let reads = Batcher::start(
+            Reads::default(),
+            rpc.clone(),
+            names.read_queue(),
+            READS_IN_FLIGHT,
+            MAX_BATCH,
+        );
         let writes = Batcher::start(
+            Writes,
             rpc.clone(),
             names.write_queue(),
             WRITES_IN_FLIGHT,
@@ -503,6 +510,7 @@ mod tests {
     fn answering_reads(reply: ReadReply) -> Arc<FakeRpc> {
         replying(ReadBatchReply {
             replies: vec![reply],
+            position: Default::default(),
         })
     }
 

@@ -141,17 +141,35 @@ pub struct SyncAck {
     pub seq: u64,
 }
 
+/// How far a copy of the database is, as reads compare it: the epoch of the master the slave follows, then the
+/// seq of the last entry applied. Ordered by epoch first: once a slave follows a newer master, entries of the old
+/// one that it never got were never acknowledged, and waiting for them would wait forever.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct ReadPosition {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
 /// What `readQ` carries: reads gathered by the orchestrator, run together by one slave, answered together
 /// by a [`ReadBatchReply`] in the same order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadBatch {
     pub reads: Vec<ReadRequest>,
+    /// The slave reads only once it stands at least here: the furthest position any read answered so far has
+    /// shown, so that no read sees less than an earlier one did (reads never go back in time).
+    #[serde(default)]
+    pub at_least: ReadPosition,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadBatchReply {
     pub replies: Vec<ReadReply>,
+    /// The position of the data the reads saw (an upper bound: never less than what they saw).
+    #[serde(default)]
+    pub position: ReadPosition,
 }
 
 /// The reply to a read.

@@ -739,6 +739,11 @@ pub fn open_reader(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// The seq of the last entry in the data this connection sees now (inside a read transaction: in its snapshot).
+pub fn applied_seq(conn: &Connection) -> anyhow::Result<u64> {
+    Ok(read_position(conn)?.1)
+}
+
 /// Runs one read. A statement that would write is refused before it runs, and the connection is read-only
 /// besides.
 pub fn read(conn: &Connection, req: &ReadRequest) -> Result<ReadResponse, String> {

@@ -21,7 +21,8 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use protocol::coord::WorkerRecord;
 use protocol::queue::{
-    Command, CommandReply, ReadBatch, ReadBatchReply, ReadReply, SyncAck, SyncKind, SyncMessage,
+    Command, CommandReply, ReadBatch, ReadBatchReply, ReadPosition, ReadReply, SyncAck, SyncKind,
+    SyncMessage,
 };
 use protocol::{ReadRequest, Role};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -48,6 +49,9 @@ struct Serving {
     lease_until_ms: AtomicU64,
     /// Bumped each time the database file is replaced by a snapshot: read connections to an older one are stale.
     generation: AtomicU64,
+    /// Where the copy stands for reads: the epoch of the master followed, and the last seq applied. Raised
+    /// after each entry is committed, so a read that starts once it shows a position sees at least that.
+    position: Mutex<ReadPosition>,
     /// Set once, when the slave starts leaving: it goes on applying entries, which name it in sync until the
     /// master has dropped it, but serves no read again.
     retiring: AtomicBool,
@@ -62,6 +66,14 @@ impl Serving {
 
     fn stop(&self) {
         self.in_sync.store(false, Ordering::SeqCst);
+    }
+
+    fn position(&self) -> ReadPosition {
+        *self.position.lock().expect("position poisoned")
+    }
+
+    fn set_position(&self, epoch: u64, seq: u64) {
+        *self.position.lock().expect("position poisoned") = ReadPosition { epoch, seq };
     }
 
     fn retire(&self) {
@@ -161,6 +173,7 @@ pub async fn run(
             tracing::warn!("withdrawing from the election: {e:#}");
         }
         let (mut db, mut follower) = catch_up(config, &rpc).await;
+        serving.set_position(follower.epoch, db.position().1);
         serving.generation.fetch_add(1, Ordering::SeqCst);
         let mut joined = false;
         let mut turn = Box::pin(zk.wait_for_turn());
@@ -442,6 +455,7 @@ impl Follower {
             SyncKind::Heartbeat { .. } => {}
         }
         let seq = db.position().1;
+        serving.set_position(self.epoch, seq);
         if let Some(to) = d.properties.reply_to() {
             let ack = SyncAck {
                 worker: config.id.clone(),
@@ -481,13 +495,15 @@ struct Readers {
 }
 
 impl Readers {
-    /// Runs reads one after the other on one connection of the pool.
-    fn read(&self, generation: u64, reqs: &[ReadRequest]) -> anyhow::Result<Vec<ReadReply>> {
+    /// Runs reads one after the other on one connection of the pool, in one read transaction (one snapshot);
+    /// also returns the seq of the data they saw.
+    fn read(&self, generation: u64, reqs: &[ReadRequest]) -> anyhow::Result<(u64, Vec<ReadReply>)> {
         let pooled = self.idle.lock().expect("readers poisoned").pop();
         let conn = match pooled {
             Some((g, c)) if g == generation => c,
             _ => db::open_reader(&self.path)?,
         };
+        conn.execute_batch("BEGIN")?;
         let replies = reqs
             .iter()
             .map(|req| match db::read(&conn, req) {
@@ -495,11 +511,19 @@ impl Readers {
                 Err(error) => ReadReply::Rejected { error },
             })
             .collect();
+        // Read last: within the transaction it is the snapshot's seq. A read that ended the transaction itself
+        // (a `COMMIT` is a statement that does not write) made later ones see newer snapshots, and this one is
+        // newer still: never less than what any of them saw.
+        let seq = db::applied_seq(&conn);
+        if !conn.is_autocommit() {
+            conn.execute_batch("COMMIT")?;
+        }
+        let seq = seq?;
         self.idle
             .lock()
             .expect("readers poisoned")
             .push((generation, conn));
-        Ok(replies)
+        Ok((seq, replies))
     }
 }
 
@@ -583,38 +607,56 @@ async fn serve_reads(
     }
 }
 
+/// How long a read waits for this copy to reach the position the batch asks for before handing it back. An
+/// in-sync slave is at most a few entries behind another (they apply the same entries as they are published),
+/// so the wait is short; a copy still behind after this long lets another slave try.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
 /// Serves one read, or hands it back to the queue when this slave stopped being allowed to serve meanwhile.
 async fn read_one(ch: &Channel, pool: &Arc<Readers>, serving: &Arc<Serving>, d: Delivery) {
-    let reads = serde_json::from_slice::<ReadBatch>(&d.data)
-        .map(|batch| batch.reads)
-        .map_err(|e| format!("undecodable read: {e}"));
-    let replies = match reads {
-        Err(error) => vec![ReadReply::Rejected { error }],
-        Ok(reads) => {
+    let requeue = || async {
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        let _ = d.acker.nack(requeue).await;
+    };
+    let batch =
+        serde_json::from_slice::<ReadBatch>(&d.data).map_err(|e| format!("undecodable read: {e}"));
+    let (position, replies) = match batch {
+        Err(error) => (serving.position(), vec![ReadReply::Rejected { error }]),
+        Ok(ReadBatch { reads, at_least }) => {
+            // Reads never go back in time: not before this copy has what an earlier read has seen.
+            let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+            while serving.position() < at_least {
+                if !serving.can_serve() || tokio::time::Instant::now() >= deadline {
+                    requeue().await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let generation = serving.generation.load(Ordering::SeqCst);
             let p = pool.clone();
             let res = tokio::task::spawn_blocking(move || p.read(generation, &reads)).await;
             // Checked after the reads: if the lease still holds now, it held when they looked at the data, so
-            // no write acknowledged before they began can be missing from what they saw.
+            // no write acknowledged before they began can be missing from what they saw. The epoch read now is
+            // the one of the data seen or a later one that continues from it.
+            let epoch = serving.position().epoch;
             let servable =
                 serving.can_serve() && serving.generation.load(Ordering::SeqCst) == generation;
             match res.context("read task").and_then(|r| r) {
-                Ok(replies) if servable => replies,
+                Ok((seq, replies)) if servable => (ReadPosition { epoch, seq }, replies),
                 other => {
                     if let Err(e) = other {
                         tracing::error!("read failed: {e:#}");
                     }
-                    let requeue = BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    };
-                    let _ = d.acker.nack(requeue).await;
+                    requeue().await;
                     return;
                 }
             }
         }
     };
-    let body = serde_json::to_vec(&ReadBatchReply { replies });
+    let body = serde_json::to_vec(&ReadBatchReply { replies, position });
     if let (Some(to), Ok(body)) = (d.properties.reply_to(), body) {
         let id = d.properties.correlation_id().as_ref().map(|c| c.as_str());
         if let Err(e) = amqp::reply(ch, to.as_str(), id, &body).await {

@@ -183,3 +183,99 @@ async fn a_slave_started_after_ten_thousand_writes_catches_up_and_answers_identi
     .await;
     c.assert_all_identical().await;
 }
+
+/// Sends one read batch straight to `readQ`, as the orchestrator does, and waits up to `wait` for its answer.
+/// The message expires after `wait`, so one that no slave answers does not stay behind.
+async fn read_batch_directly(
+    c: &Cluster,
+    at_least: protocol::queue::ReadPosition,
+    wait: std::time::Duration,
+) -> Option<protocol::queue::ReadBatchReply> {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+    let conn = lapin::Connection::connect(e2e::AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .expect("connecting to RabbitMQ");
+    let ch = conn.create_channel().await.expect("a channel");
+    // Direct reply-to: consumed (without acks) before publishing on the same channel.
+    let mut replies = ch
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consuming replies");
+    let batch = protocol::queue::ReadBatch {
+        reads: vec![protocol::ReadRequest {
+            sql: "SELECT count(*) FROM t".into(),
+            params: vec![],
+        }],
+        at_least,
+    };
+    ch.basic_publish(
+        "".into(),
+        c.names.read_queue().as_str().into(),
+        BasicPublishOptions::default(),
+        &serde_json::to_vec(&batch).expect("encoding"),
+        lapin::BasicProperties::default()
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_expiration(wait.as_millis().to_string().into()),
+    )
+    .await
+    .expect("publishing")
+    .await
+    .expect("confirmed");
+    let reply = tokio::time::timeout(wait, replies.next())
+        .await
+        .ok()
+        .flatten()
+        .map(|d| serde_json::from_slice(&d.expect("a delivery").data).expect("a read batch reply"));
+    let _ = conn.close(200, "done".into()).await;
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slave_reads_only_once_its_copy_is_where_the_batch_asks_and_says_where_that_was() {
+    use protocol::queue::ReadPosition;
+    use std::time::Duration;
+    let c = Cluster::start(2).await;
+    c.write_ok(vec![st("CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![])])
+        .await;
+    let last = c
+        .write_ok(vec![st("INSERT INTO t DEFAULT VALUES", vec![])])
+        .await;
+    // Where every copy is: the reply says so, and it covers the last acknowledged write.
+    let reply = read_batch_directly(
+        &c,
+        ReadPosition {
+            epoch: 0,
+            seq: last.seq,
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("a slave answers a batch asking for a position it has");
+    assert_eq!(reply.replies.len(), 1);
+    assert!(reply.position.seq >= last.seq, "{reply:?}");
+    assert!(reply.position.epoch >= 1, "{reply:?}");
+    // A position no copy has (a later epoch): no slave reads; the batch goes back to the queue until it expires.
+    let ahead = ReadPosition {
+        epoch: reply.position.epoch + 1,
+        seq: 0,
+    };
+    assert!(
+        read_batch_directly(&c, ahead, Duration::from_secs(4))
+            .await
+            .is_none(),
+        "a slave answered a read for data it does not have"
+    );
+    // And the cluster serves as before.
+    let rows = c.read_ok("SELECT count(*) FROM t", vec![]).await;
+    assert_eq!(rows.rows, vec![vec![Value::Integer(1)]]);
+    c.stop().await;
+}
