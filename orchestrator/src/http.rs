@@ -196,19 +196,20 @@ async fn worker_list(State(state): State<AppState>) -> Json<Vec<u32>> {
     Json(state.view.borrow().pids())
 }
 
-/// `GET /api/v1/scaling` (ext): the number of slaves scaling wants, the number registered, and the reads
-/// counted so far in this interval.
+/// `GET /api/v1/scaling` (ext): the number of slaves scaling wants, the number registered, the number in sync,
+/// and the reads counted so far in this interval.
 async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
-    let actual = state
+    let slaves: Vec<WorkerInfo> = state
         .view
         .borrow()
         .worker_infos()
-        .iter()
+        .into_iter()
         .filter(|w| w.role == Role::Slave)
-        .count();
+        .collect();
     Json(Scaling {
         desired: state.control.target_slaves(),
-        actual,
+        actual: slaves.len(),
+        in_sync: slaves.iter().filter(|w| w.in_sync).count(),
         reads_this_interval: state.read_counter.current(),
     })
 }
@@ -216,7 +217,10 @@ async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
 #[derive(Debug, Serialize)]
 struct Scaling {
     desired: usize,
+    /// Registered slaves, including new ones still copying the data.
     actual: usize,
+    /// Slaves in the in-sync set: those that serve reads.
+    in_sync: usize,
     reads_this_interval: u64,
 }
 

@@ -70,6 +70,8 @@ async fn the_number_of_slaves_follows_the_reads_of_each_interval_with_the_exact_
     let rows = c.read_ok("SELECT count(*) FROM t", vec![]).await;
     assert_eq!(rows.rows, vec![vec![Value::Integer(4)]]);
     assert_eq!(scaling(&c).await, (1, 1));
+    let (_, body) = c.get("/api/v1/scaling").await;
+    assert_eq!(body["in_sync"], 1, "the one slave left serves: {body}");
     c.assert_all_identical().await;
     c.stop().await;
 }
