@@ -8,12 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use protocol::disk::{DB_FILE, META_EPOCH, META_SEQ, META_TABLE};
 use rusqlite::{OpenFlags, OptionalExtension};
-
-/// The worker's own bookkeeping table and its rows (see `worker::db`): the epoch and seq of the last log entry
-/// the copy contains, written in the same transaction as the entry.
-const META_TABLE: &str = "_rideshare_meta";
-const DB_FILE: &str = "db.sqlite";
 
 /// How far a copy of the database got: the (epoch, seq) of its last log entry. Copies compare by epoch first:
 /// a later master's entries supersede anything an earlier master wrote that it never had.
@@ -114,8 +110,8 @@ fn read_position(path: &Path) -> anyhow::Result<Option<Position>> {
         Ok(u64::try_from(value.unwrap_or(0)).unwrap_or(0))
     };
     Ok(Some(Position {
-        epoch: get("epoch")?,
-        seq: get("seq")?,
+        epoch: get(META_EPOCH)?,
+        seq: get(META_SEQ)?,
     }))
 }
 

@@ -9,8 +9,10 @@
 //! - [`names`]: queue, exchange and znode names, derived from one namespace so several clusters (tests) can share
 //!   one broker and one ZooKeeper.
 //! - [`coord`]: what is stored in ZooKeeper: the worker registry, the epoch and the in-sync set.
+//! - [`disk`]: what the orchestrator reads of a worker's folder: the database file and its bookkeeping table.
 
 pub mod coord;
+pub mod disk;
 pub mod http;
 pub mod names;
 pub mod queue;

@@ -21,7 +21,8 @@ use rusqlite::session::{ConflictAction, Session};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
 
-pub const META_TABLE: &str = "_rideshare_meta";
+pub use protocol::disk::META_TABLE;
+use protocol::disk::{META_EPOCH, META_SEQ};
 pub const IDEMPOTENCY_TABLE: &str = "_rideshare_idempotency";
 const INTERNAL_PREFIX: &str = "_rideshare_";
 const INTROSPECTION_PRAGMAS: [&str; 6] = [
@@ -245,7 +246,7 @@ fn configure(conn: &Connection) -> anyhow::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-         INSERT OR IGNORE INTO {META_TABLE} VALUES ('epoch', 0), ('seq', 0);
+         INSERT OR IGNORE INTO {META_TABLE} VALUES ('{META_EPOCH}', 0), ('{META_SEQ}', 0);
          CREATE TABLE IF NOT EXISTS {IDEMPOTENCY_TABLE} (
              key TEXT PRIMARY KEY, seq INTEGER NOT NULL, response TEXT NOT NULL);"
     ))?;
@@ -664,12 +665,14 @@ fn read_position(conn: &Connection) -> anyhow::Result<(u64, u64)> {
         )?;
         Ok(v as u64)
     };
-    Ok((get("epoch")?, get("seq")?))
+    Ok((get(META_EPOCH)?, get(META_SEQ)?))
 }
 
 fn set_position(conn: &Connection, epoch: u64, seq: u64) -> anyhow::Result<()> {
     conn.execute(
-        &format!("UPDATE {META_TABLE} SET value = CASE key WHEN 'epoch' THEN ?1 ELSE ?2 END"),
+        &format!(
+            "UPDATE {META_TABLE} SET value = CASE key WHEN '{META_EPOCH}' THEN ?1 ELSE ?2 END"
+        ),
         params![epoch as i64, seq as i64],
     )?;
     Ok(())

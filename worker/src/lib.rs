@@ -105,7 +105,7 @@ impl Config {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join("db.sqlite")
+        self.data_dir.join(protocol::disk::DB_FILE)
     }
 
     pub fn pid(&self) -> u32 {
