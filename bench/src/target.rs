@@ -13,6 +13,9 @@ use crate::load;
 /// How long a new cluster may take to have its master and every slave in sync.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long deleting a finished run's queues and znodes may take.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the in-process orchestrator may take to stop its workers and return.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -26,6 +29,8 @@ pub struct Target {
 
 struct InProcess {
     namespace: String,
+    amqp_url: String,
+    zk: String,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
     /// The workers' data; deleted when the benchmark ends.
@@ -79,6 +84,8 @@ impl Target {
             orchestrator_pid: Some(std::process::id()),
             in_process: Some(InProcess {
                 namespace,
+                amqp_url: config.amqp_url.clone(),
+                zk: config.zk.clone(),
                 shutdown,
                 task,
                 _data_dir: data_dir,
@@ -154,9 +161,19 @@ impl Target {
             return Ok(());
         };
         let _ = p.shutdown.send(());
-        tokio::time::timeout(SHUTDOWN_TIMEOUT, p.task)
+        let stopped = tokio::time::timeout(SHUTDOWN_TIMEOUT, p.task)
             .await
-            .context("the orchestrator did not stop in time")?
-            .context("the orchestrator panicked")?
+            .context("the orchestrator did not stop in time")
+            .and_then(|joined| joined.context("the orchestrator panicked")?);
+        // The namespace was this run's alone: its queues and znodes would otherwise pile up on the shared
+        // broker and ZooKeeper, one set per run.
+        orchestrator::admin::purge_namespace(
+            &p.amqp_url,
+            &p.zk,
+            &protocol::Names::new(&p.namespace),
+            PURGE_TIMEOUT,
+        )
+        .await;
+        stopped
     }
 }

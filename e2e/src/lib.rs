@@ -642,40 +642,12 @@ fn purge(names: &Names) {
         else {
             return;
         };
-        runtime.block_on(async {
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                let props = lapin::ConnectionProperties::default();
-                if let Ok(conn) = lapin::Connection::connect(AMQP_URL, props).await {
-                    if let Ok(ch) = conn.create_channel().await {
-                        for queue in [names.write_queue(), names.read_queue()] {
-                            let options = lapin::options::QueueDeleteOptions::default();
-                            let _ = ch.queue_delete(queue.as_str().into(), options).await;
-                        }
-                        let options = lapin::options::ExchangeDeleteOptions::default();
-                        let _ = ch
-                            .exchange_delete(names.sync_exchange().as_str().into(), options)
-                            .await;
-                    }
-                    let _ = conn.close(200, "purged".into()).await;
-                }
-                if let Ok(zk) = zookeeper_client::Client::connect(ZK_ADDRESS).await {
-                    delete_tree(&zk, names.zk_root()).await;
-                }
-            })
-            .await;
-        });
+        runtime.block_on(orchestrator::admin::purge_namespace(
+            AMQP_URL,
+            ZK_ADDRESS,
+            &names,
+            Duration::from_secs(5),
+        ));
     });
     let _ = housekeeping.join();
-}
-
-/// Deletes a znode and everything below it.
-fn delete_tree(zk: &zookeeper_client::Client, path: String) -> futures::future::BoxFuture<'_, ()> {
-    Box::pin(async move {
-        if let Ok(children) = zk.list_children(&path).await {
-            for child in children {
-                delete_tree(zk, format!("{path}/{child}")).await;
-            }
-        }
-        let _ = zk.delete(&path, None).await;
-    })
 }

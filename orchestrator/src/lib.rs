@@ -22,7 +22,9 @@
 //! - [`folders`]: the workers' data folders and how far each copy of the database got.
 //! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait, local processes, and Docker
 //!   containers ([`runtime::docker`]).
+//! - [`admin`]: purging a namespace that a tool or a test is done with.
 
+pub mod admin;
 pub mod batch;
 pub mod cluster;
 pub mod config;

@@ -1,0 +1,47 @@
+//! Housekeeping of a namespace on a shared RabbitMQ and ZooKeeper, for tools and tests that create clusters of
+//! their own (a production cluster keeps its namespace for life).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use protocol::Names;
+
+/// Deletes what a cluster leaves behind once its workers are gone: its durable queues (`writeQ`, `readQ`), its
+/// sync exchange and its znodes. Best effort: each step that fails is skipped (the state may be partly gone
+/// already), and the whole gives up after `timeout`.
+pub async fn purge_namespace(amqp_url: &str, zk: &str, names: &Names, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        let props = lapin::ConnectionProperties::default();
+        if let Ok(conn) = lapin::Connection::connect(amqp_url, props).await {
+            if let Ok(ch) = conn.create_channel().await {
+                for queue in [names.write_queue(), names.read_queue()] {
+                    let options = lapin::options::QueueDeleteOptions::default();
+                    let _ = ch.queue_delete(queue.as_str().into(), options).await;
+                }
+                let options = lapin::options::ExchangeDeleteOptions::default();
+                let _ = ch
+                    .exchange_delete(names.sync_exchange().as_str().into(), options)
+                    .await;
+                // Closed before the connection: closing both at once makes lapin log a spurious error.
+                let _ = ch.close(200, "purged".into()).await;
+            }
+            let _ = conn.close(200, "purged".into()).await;
+        }
+        if let Ok(zk) = zookeeper_client::Client::connect(zk).await {
+            delete_tree(&zk, names.zk_root()).await;
+        }
+    })
+    .await;
+}
+
+/// Deletes a znode and everything below it.
+fn delete_tree(zk: &zookeeper_client::Client, path: String) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        if let Ok(children) = zk.list_children(&path).await {
+            for child in children {
+                delete_tree(zk, format!("{path}/{child}")).await;
+            }
+        }
+        let _ = zk.delete(&path, None).await;
+    })
+}
