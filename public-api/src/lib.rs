@@ -10,12 +10,15 @@
 //! - [`counter`]: the `_count` request counter, persisted to `count.json` off the request path.
 //! - [`db`]: the orchestrator's `db/write` and `db/read`, with idempotent retries.
 //! - [`schema`]: the tables both services use, created at start.
+//! - `testing` (feature `testing`): sending requests to a router in the services' unit tests.
 
 pub mod areas;
 pub mod counter;
 pub mod db;
 pub mod extract;
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod values;
 
 use std::future::Future;

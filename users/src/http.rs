@@ -131,11 +131,8 @@ async fn health() -> Json<Empty> {
 mod tests {
     use std::time::Duration;
 
-    use axum::body::Body;
-    use axum::extract::Request;
     use axum::http::{header, Method};
-    use protocol::ErrorBody;
-    use tower::ServiceExt;
+    use public_api::testing::{error_of, send};
 
     use super::*;
 
@@ -149,32 +146,6 @@ mod tests {
             counter: counter.clone(),
         });
         (router, counter)
-    }
-
-    async fn send(
-        app: &Router,
-        method: Method,
-        uri: &str,
-        body: &str,
-    ) -> (StatusCode, header::HeaderMap, String) {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
-    }
-
-    fn error_of(body: &str) -> String {
-        serde_json::from_str::<ErrorBody>(body)
-            .expect("a JSON error")
-            .error
     }
 
     #[tokio::test]
