@@ -437,6 +437,29 @@ impl Cluster {
         worker::db::dump(&conn).expect("dump")
     }
 
+    /// Every key in `acked` is in table `t (k INTEGER PRIMARY KEY)`, as a read through the API (so a slave)
+    /// sees it; panics naming the lost ones.
+    pub async fn assert_keys_stored(&self, acked: &[i64]) {
+        let rows = self.read_ok("SELECT k FROM t ORDER BY k", vec![]).await;
+        let stored: Vec<i64> = rows
+            .rows
+            .iter()
+            .map(|r| match r[0] {
+                Value::Integer(k) => k,
+                ref other => panic!("{other:?}"),
+            })
+            .collect();
+        let missing: Vec<&i64> = acked
+            .iter()
+            .filter(|k| stored.binary_search(k).is_err())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} acknowledged writes lost: {missing:?}",
+            missing.len()
+        );
+    }
+
     /// Asserts every live worker holds the same data, and returns it.
     pub async fn assert_all_identical(&self) -> String {
         let ids = self.live_ids().await;

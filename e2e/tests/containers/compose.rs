@@ -48,13 +48,15 @@ impl Project {
         }
     }
 
-    fn compose(&self) -> tokio::process::Command {
+    /// `docker-compose` on the repository's file, with this project's names and ports (interpolated into the
+    /// file by every command, `down` included).
+    fn compose(&self) -> std::process::Command {
         let root = e2e::system::repo_root();
         // docker-compose 1.29 (Debian's) when installed, else the `docker compose` plugin.
         let mut cmd = if which("docker-compose") {
-            tokio::process::Command::new("docker-compose")
+            std::process::Command::new("docker-compose")
         } else {
-            let mut c = tokio::process::Command::new("docker");
+            let mut c = std::process::Command::new("docker");
             c.arg("compose");
             c
         };
@@ -64,7 +66,7 @@ impl Project {
             .arg(root.join("docker-compose.yml"))
             .env("RIDESHARE_NETWORK", &self.name)
             .env("RIDESHARE_NAMESPACE", &self.name)
-            .env("RIDESHARE_DATA_VOLUME", format!("{}-data", self.name))
+            .env("RIDESHARE_DATA_VOLUME", self.data_volume())
             .env("RIDESHARE_GATEWAY_PORT", self.gateway_port.to_string())
             .env(
                 "RIDESHARE_ORCHESTRATOR_PORT",
@@ -81,10 +83,14 @@ impl Project {
         cmd
     }
 
+    fn data_volume(&self) -> String {
+        format!("{}-data", self.name)
+    }
+
     async fn run_compose(&self, args: &[&str]) {
         let mut cmd = self.compose();
         cmd.args(args);
-        output_ok(cmd).await;
+        output_ok(cmd.into()).await;
     }
 
     pub async fn up(&self) {
@@ -146,7 +152,8 @@ impl Project {
     }
 
     async fn print_logs(&self) {
-        if let Ok(out) = self.compose().args(["logs", "--tail", "40"]).output().await {
+        let mut logs = tokio::process::Command::from(self.compose());
+        if let Ok(out) = logs.args(["logs", "--tail", "40"]).output().await {
             eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         }
     }
@@ -333,36 +340,13 @@ impl Drop for Project {
                 run("docker", &args);
             }
         }
-        let compose_file = e2e::system::repo_root().join("docker-compose.yml");
-        let compose_file = compose_file.to_string_lossy();
-        let volume = format!("{}-data", self.name);
-        let mut down = vec![
-            "--project-name",
-            &self.name,
-            "--file",
-            &compose_file,
-            "down",
-            "--volumes",
-            "--remove-orphans",
-            "--timeout",
-            "5",
-        ];
-        // The file's interpolation needs the same names as `up` to find the network and the data volume.
-        let mut cmd = if which("docker-compose") {
-            std::process::Command::new("docker-compose")
-        } else {
-            down.insert(0, "compose");
-            std::process::Command::new("docker")
-        };
-        let _ = cmd
-            .args(&down)
-            .env("RIDESHARE_NETWORK", &self.name)
-            .env("RIDESHARE_NAMESPACE", &self.name)
-            .env("RIDESHARE_DATA_VOLUME", &volume)
-            .stdin(Stdio::null())
+        let _ = self
+            .compose()
+            .args(["down", "--volumes", "--remove-orphans", "--timeout", "5"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        let volume = self.data_volume();
         run("docker", &["volume", "rm", "--force", &volume]);
         run("docker", &["network", "rm", &self.name]);
     }

@@ -107,18 +107,6 @@ impl WriteLoad {
     }
 }
 
-/// The keys stored in `t`, as a read through the API (so a slave) sees them.
-pub async fn stored_keys(c: &Cluster) -> Vec<i64> {
-    let rows = c.read_ok("SELECT k FROM t ORDER BY k", vec![]).await;
-    rows.rows
-        .iter()
-        .map(|r| match r[0] {
-            Value::Integer(k) => k,
-            ref other => panic!("{other:?}"),
-        })
-        .collect()
-}
-
 /// Once the cluster is back to a master and `slaves` slaves in sync: every acknowledged key is readable, and
 /// every worker holds exactly the same data.
 pub async fn assert_every_acknowledged_write_is_everywhere(
@@ -127,16 +115,7 @@ pub async fn assert_every_acknowledged_write_is_everywhere(
     slaves: usize,
 ) {
     c.wait_for_workers(slaves + 1).await;
-    let stored = stored_keys(c).await;
-    let missing: Vec<&i64> = acked
-        .iter()
-        .filter(|k| stored.binary_search(k).is_err())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged writes lost: {missing:?}",
-        missing.len()
-    );
+    c.assert_keys_stored(acked).await;
     let dump = c.assert_all_identical().await;
     assert!(dump.lines().count() > acked.len(), "{dump}");
 }

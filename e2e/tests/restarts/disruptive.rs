@@ -87,24 +87,7 @@ async fn wait_for_progress(load: &Load, more: usize) {
 
 async fn assert_every_acknowledged_write_is_there(c: &Cluster, keys: &[i64]) {
     c.wait_for_in_sync(2).await;
-    let rows = c.read_ok("SELECT k FROM t ORDER BY k", vec![]).await;
-    let stored: Vec<i64> = rows
-        .rows
-        .iter()
-        .map(|r| match r[0] {
-            Value::Integer(k) => k,
-            ref other => panic!("{other:?}"),
-        })
-        .collect();
-    let missing: Vec<&i64> = keys
-        .iter()
-        .filter(|k| stored.binary_search(k).is_err())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged writes lost: {missing:?}",
-        missing.len()
-    );
+    c.assert_keys_stored(keys).await;
     c.assert_all_identical().await;
 }
 

@@ -177,7 +177,9 @@ impl DockerWorkers {
             return Err(e).with_context(|| format!("starting container {name}"));
         }
         let pid = match self.state(&container).await? {
-            Some(State { running: true, pid }) if pid > 0 => pid,
+            Some(State {
+                running: true, pid, ..
+            }) if pid > 0 => pid,
             _ => {
                 let _ = self.remove(&container).await;
                 anyhow::bail!("container {name} ended as soon as it started");
@@ -230,14 +232,15 @@ impl DockerWorkers {
         });
     }
 
-    /// Whether a container of that name or id exists, and if so whether it runs and its host pid.
+    /// Whether a container of that name or id exists, and if so its id, whether it runs and its host pid.
     async fn state(&self, container: &str) -> anyhow::Result<Option<State>> {
         match self.docker.inspect_container(container, None).await {
             Ok(info) => {
                 let state = info.state.unwrap_or_default();
                 let running = state.running.unwrap_or(false) || state.restarting.unwrap_or(false);
                 let pid = state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-                Ok(Some(State { running, pid }))
+                let id = info.id.context("a container without an id")?;
+                Ok(Some(State { id, running, pid }))
             }
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("inspecting container {container}")),
@@ -314,19 +317,19 @@ impl DockerWorkers {
             return Ok(true);
         }
         let name = self.container_name(id);
-        let info = match self.docker.inspect_container(&name, None).await {
-            Ok(info) => info,
-            Err(e) if status_of(&e) == Some(404) => return Ok(false),
-            Err(e) => return Err(e).with_context(|| format!("inspecting container {name}")),
-        };
-        let state = info.state.unwrap_or_default();
-        let running = state.running.unwrap_or(false);
         // The pid registered in ZooKeeper must be this container's: a worker restarted on the same folder by
         // someone else would be another container with the same name.
-        if !running || state.pid != Some(i64::from(pid)) {
+        let Some(State {
+            id: container,
+            running: true,
+            pid: found,
+        }) = self.state(&name).await?
+        else {
+            return Ok(false);
+        };
+        if found != pid {
             return Ok(false);
         }
-        let container = info.id.context("a container without an id")?;
         self.watch(id.to_owned(), container, pid);
         tracing::info!(worker = %id, pid, container = %name, "adopted a running worker container");
         Ok(true)
@@ -366,6 +369,7 @@ impl WorkerRuntime for DockerWorkers {
 }
 
 struct State {
+    id: String,
     running: bool,
     /// The main process's pid on the host; 0 when it does not run.
     pid: u32,
