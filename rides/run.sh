@@ -4,7 +4,7 @@
 # through the gateway (default http://127.0.0.1:8080; scripts/gateway.sh starts it). Arguments are passed to the
 # service (see --help); each flag also has an environment variable, such as RIDESHARE_RIDES_LISTEN (default
 # 127.0.0.1:8082), RIDESHARE_RIDES_DATA_DIR (default data/rides, where count.json lives) and RIDESHARE_AREAS_CSV
-# (default ../shared/data/AreaNameEnum.csv beside the repository).
+# (a file to take the area list from; by default the list compiled into the binary).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -27,7 +27,6 @@ STRIP=${RIDESHARE_DOCKER_STRIP:-1}
 read -ra build_args <<<"${DOCKER_BUILD_ARGS:-}"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 contexts=$target_dir/docker-context
-areas_csv=$root/../shared/data/AreaNameEnum.csv
 
 log() {
     echo "docker-build.sh: $*" >&2
@@ -99,10 +98,6 @@ prepare() {
         fi
     done
     case $name in
-    rides)
-        [[ -f $areas_csv ]] || die "the area list $areas_csv is missing (the shared/ folder beside the repository)"
-        cp -p "$areas_csv" "$ctx/"
-        ;;
     gateway)
         cp -p "$root/gateway/nginx.conf.template" "$root/scripts/gateway.sh" "$ctx/"
         ;;

@@ -97,9 +97,7 @@ impl System {
         let gateway = format!("http://{}", nginx.addr);
 
         let users_config = users::Config::new(&cluster.base, dir.path().join("users"));
-        let mut rides_config =
-            rides::Config::new(&cluster.base, &gateway, dir.path().join("rides"));
-        rides_config.areas_csv = Some(areas_csv());
+        let rides_config = rides::Config::new(&cluster.base, &gateway, dir.path().join("rides"));
         let users = spawn_users(users_listener, users_config.clone());
         let rides = spawn_rides(rides_listener, rides_config.clone());
 
@@ -429,11 +427,6 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("e2e/ has a parent")
         .to_owned()
-}
-
-/// The shared area list, beside the repository root.
-pub fn areas_csv() -> PathBuf {
-    repo_root().join("../shared/data/AreaNameEnum.csv")
 }
 
 /// A timestamp `seconds` from now, in the contract's format (negative: in the past).

@@ -1,4 +1,4 @@
-//! Bodies of the orchestrator's HTTP database API (see `shared/docs/api.md`).
+//! Bodies of the orchestrator's HTTP database API (see `docs/api.md` at the repository root).
 //!
 //! Every request type rejects unknown fields: a typo in a client must be a `400`, never silently ignored.
 

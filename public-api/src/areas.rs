@@ -1,6 +1,8 @@
 //! The list of areas, `AreaNameEnum.csv`: a header line, then one `number,name` line per area (CRLF line
-//! endings). [`Area`] accepts the numbers 1 to [`Area::COUNT`]; [`Areas::load`] checks at start that the file
-//! lists exactly those, so the two can never disagree silently.
+//! endings). The list is part of the product: `public-api/data/AreaNameEnum.csv` is compiled into every binary
+//! ([`Areas::builtin`]), so no service reads a file to know its areas; a file given at start
+//! ([`Areas::load`]) overrides it. [`Area`] accepts the numbers 1 to [`Area::COUNT`], and parsing checks that a
+//! list names exactly those, so the two can never disagree silently.
 
 use std::path::Path;
 
@@ -15,7 +17,15 @@ pub struct Areas {
     names: Vec<String>,
 }
 
+/// The area list as the repository holds it, compiled in.
+pub const BUILTIN_CSV: &str = include_str!("../data/AreaNameEnum.csv");
+
 impl Areas {
+    /// The compiled-in list. Its parse is checked by a unit test, so it cannot fail in a released binary.
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN_CSV).expect("the compiled-in area list is valid (tested)")
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the area list {}", path.display()))?;
@@ -82,12 +92,28 @@ mod tests {
     }
 
     #[test]
-    fn the_shared_area_list_loads_with_198_areas() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/AreaNameEnum.csv");
-        let areas = Areas::load(&path).unwrap();
+    fn the_compiled_in_area_list_has_198_areas_with_their_names() {
+        let areas = Areas::parse(BUILTIN_CSV).unwrap();
         assert_eq!(areas.len(), 198);
         assert_eq!(areas.name(Area::new(1).unwrap()), "Kempegowda Ward");
         assert_eq!(areas.name(Area::new(198).unwrap()), "Hemmigepura");
+        assert_eq!(Areas::builtin().names, areas.names);
+    }
+
+    #[test]
+    fn a_list_loaded_from_a_file_overrides_and_a_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("areas.csv");
+        std::fs::write(&path, csv(198)).unwrap();
+        assert_eq!(
+            Areas::load(&path).unwrap().name(Area::new(7).unwrap()),
+            "Area 7"
+        );
+        let missing = Areas::load(&dir.path().join("missing.csv")).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("missing.csv"),
+            "{missing:#}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use protocol::ErrorBody;
 use serde::de::DeserializeOwned;
 
-/// Largest request body accepted (api.md: "a body over 64 KiB gets 400").
+/// Largest request body accepted (docs/api.md: a body larger than 64 KiB is refused with 400).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// How much of an oversized body is still read (and thrown away) before answering 400. Closing the

@@ -25,8 +25,13 @@ fn invalid(message: impl Into<String>) -> InvalidValue {
     InvalidValue::new(message)
 }
 
-/// A username: 1 to 128 characters (Unicode scalar values), none of them a control character. Compared
-/// case-sensitively, as stored.
+/// A username: 1 to 128 characters (Unicode scalar values), none of them a control character, and not `.` or
+/// `..`. Compared case-sensitively, as stored.
+///
+/// Every user must be addressable as one path segment (`/api/v1/users/{username}`), percent-encoded where needed.
+/// The dot segments are the only names that cannot be: URL resolution (RFC 3986, section 5.2.4) removes them,
+/// and clients and proxies rewrite `%2E` back to `.` before doing so. Any other character, `/` included,
+/// survives percent-encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Username(String);
 
@@ -46,6 +51,11 @@ impl Username {
         }
         if s.chars().any(char::is_control) {
             return Err(invalid("username must not contain control characters"));
+        }
+        if s == "." || s == ".." {
+            return Err(invalid(
+                "username must not be `.` or `..`: a URL path cannot address them",
+            ));
         }
         Ok(Self(s))
     }
@@ -306,7 +316,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_username_is_refused_when_empty_too_long_or_holding_a_control_character() {
+    fn a_username_is_refused_when_empty_too_long_a_dot_segment_or_holding_a_control_character() {
         assert!(Username::parse("").is_err());
         assert!(Username::parse("a".repeat(129)).is_err());
         assert!(Username::parse("a".repeat(128)).is_ok());
@@ -314,10 +324,29 @@ mod tests {
             Username::parse("é".repeat(128)).is_ok(),
             "characters, not bytes"
         );
-        for bad in ["a\nb", "\u{0}", "tab\there", "del\u{7f}", "nel\u{85}"] {
+        for bad in [
+            "a\nb",
+            "\u{0}",
+            "tab\there",
+            "del\u{7f}",
+            "nel\u{85}",
+            ".",
+            "..",
+        ] {
             assert!(Username::parse(bad).is_err(), "{bad:?}");
         }
-        for good in ["alice", "Alice", "a b", "🚗 rider", "\u{202e}rtl", "名前"] {
+        for good in [
+            "alice",
+            "Alice",
+            "a b",
+            "🚗 rider",
+            "\u{202e}rtl",
+            "名前",
+            "...",
+            ".a",
+            "a/..",
+            "%2E",
+        ] {
             assert_eq!(Username::parse(good).unwrap().as_str(), good);
         }
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use public_api::DbConfig;
+use public_api::{Areas, DbConfig};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8082";
 const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8080";
@@ -38,8 +38,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub users_timeout_ms: u64,
 
-    /// The area list (`number,name` lines after a header) [default: shared/data/AreaNameEnum.csv beside the
-    /// repository this binary was built from].
+    /// A file to take the area list from (`number,name` lines after a header, exactly areas 1 to 198)
+    /// [default: the list compiled into this binary, public-api/data/AreaNameEnum.csv].
     #[arg(long, env = "RIDESHARE_AREAS_CSV")]
     pub areas_csv: Option<PathBuf>,
 
@@ -72,12 +72,12 @@ impl Config {
         }
     }
 
-    /// The configured area list, else the shared one beside the repository root (`<repo>/../shared`), found
-    /// from where this crate was compiled: the repository keeps `shared/` next to it wherever it is cloned.
-    pub fn areas_csv(&self) -> PathBuf {
-        self.areas_csv.clone().unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/AreaNameEnum.csv")
-        })
+    /// The area list: the configured file, else the one compiled in.
+    pub fn areas(&self) -> anyhow::Result<Areas> {
+        match &self.areas_csv {
+            Some(path) => Areas::load(path),
+            None => Ok(Areas::builtin()),
+        }
     }
 
     pub fn users_timeout(&self) -> Duration {
@@ -111,14 +111,14 @@ mod tests {
     }
 
     #[test]
-    fn the_default_area_list_is_the_shared_one() {
+    fn without_a_file_the_compiled_in_area_list_is_used_and_a_given_file_must_exist() {
         let config = Config::new("http://o", "http://g", "d");
+        assert_eq!(config.areas().unwrap().len(), 198);
+        let given = Config::try_parse_from(["rides", "--areas-csv", "/nonexistent/x.csv"]).unwrap();
+        let error = given.areas().unwrap_err();
         assert!(
-            config.areas_csv().exists(),
-            "{}",
-            config.areas_csv().display()
+            format!("{error:#}").contains("/nonexistent/x.csv"),
+            "{error:#}"
         );
-        let given = Config::try_parse_from(["rides", "--areas-csv", "/x.csv"]).unwrap();
-        assert_eq!(given.areas_csv(), PathBuf::from("/x.csv"));
     }
 }

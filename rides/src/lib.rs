@@ -4,7 +4,7 @@
 //!
 //! It holds no data of its own: rides live in the shared database behind the orchestrator's `db/write` and
 //! `db/read`. Whether a user exists it asks the users service, through the gateway. At start it checks the
-//! area list and creates the shared schema (idempotently), then serves. The only local state is the request
+//! area list (compiled in, or a file given in the config) and creates the shared schema (idempotently), then serves. The only local state is the request
 //! counter, saved to `count.json` in the data directory.
 //!
 //! Module map:
@@ -24,7 +24,7 @@ use std::future::Future;
 
 use anyhow::Context;
 use futures::FutureExt;
-use public_api::{schema, Areas, RequestCounter};
+use public_api::{schema, RequestCounter};
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -40,7 +40,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
-    let areas = Areas::load(&config.areas_csv())?;
+    let areas = config.areas()?;
     tracing::debug!("{} areas", areas.len());
     let origin = match &config.public_url {
         Some(url) => url.clone(),

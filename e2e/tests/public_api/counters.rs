@@ -1,4 +1,4 @@
-//! The request counters: what counts and what does not (api.md, "Request counters"), reset, persistence.
+//! The request counters: what counts and what does not (docs/api.md, "Both public services"), reset, persistence.
 
 use std::time::Duration;
 

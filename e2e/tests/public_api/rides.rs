@@ -44,6 +44,13 @@ async fn creating_a_ride_fails_with_400_for_each_reason_the_contract_gives() {
     let cases = [
         ("unknown user", "bob", future.clone(), json!(1), json!(2)),
         (
+            "a dot-segment user",
+            "..",
+            future.clone(),
+            json!(1),
+            json!(2),
+        ),
+        (
             "case-sensitive user",
             "Alice",
             future.clone(),

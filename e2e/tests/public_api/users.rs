@@ -58,6 +58,9 @@ async fn usernames_and_passwords_outside_the_contract_are_refused_with_400() {
         json!({"username": "new\nline", "password": PASSWORD}),
         json!({"username": "nul\u{0}", "password": PASSWORD}),
         json!({"username": "c1\u{85}control", "password": PASSWORD}),
+        // Dot segments: a URL path cannot address them, so such a user could never be fetched or deleted.
+        json!({"username": ".", "password": PASSWORD}),
+        json!({"username": "..", "password": PASSWORD}),
         json!({"username": "a", "password": &PASSWORD[1..]}),
         json!({"username": "a", "password": format!("{PASSWORD}0")}),
         json!({"username": "a", "password": PASSWORD.replace('d', "g")}),
@@ -90,7 +93,7 @@ async fn usernames_and_passwords_outside_the_contract_are_refused_with_400() {
 #[tokio::test(flavor = "multi_thread")]
 async fn getting_a_user_returns_their_name_and_an_unknown_one_404() {
     let s = System::start().await;
-    for name in ["alice", "a b/c?d#e%", "名前"] {
+    for name in ["alice", "a b/c?d#e%", "名前", "...", "a/.."] {
         s.register(name).await;
         let path = format!("/api/v1/users/{}", encode(name));
         assert_eq!(
