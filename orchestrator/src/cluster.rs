@@ -218,9 +218,7 @@ mod tests {
         let b = new_worker_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), 10);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(protocol::names::is_valid_name(&a));
     }
 
     #[test]

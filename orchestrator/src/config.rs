@@ -191,10 +191,7 @@ impl Config {
 
 /// Checked here rather than left to `Names::new`, which panics: a bad flag should be a usage error.
 fn parse_namespace(s: &str) -> Result<String, String> {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if protocol::names::is_valid_name(s) {
         Ok(s.to_owned())
     } else {
         Err("must be non-empty and contain only [A-Za-z0-9_-]".to_owned())

@@ -48,7 +48,7 @@ impl Folders {
             let entry = entry.with_context(|| format!("listing {}", self.root.display()))?;
             let name = entry.file_name();
             let Some(id) = name.to_str() else { continue };
-            if is_worker_id(id) && entry.path().is_dir() {
+            if protocol::names::is_valid_name(id) && entry.path().is_dir() {
                 ids.push(id.to_owned());
             }
         }
@@ -113,13 +113,6 @@ fn read_position(path: &Path) -> anyhow::Result<Option<Position>> {
         epoch: get(META_EPOCH)?,
         seq: get(META_SEQ)?,
     }))
-}
-
-/// The characters `protocol::Names` accepts in a name, which worker ids are made of.
-fn is_worker_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

@@ -6,6 +6,14 @@
 /// The namespace every name is derived from.
 pub const DEFAULT_NAMESPACE: &str = "rideshare";
 
+/// Whether `s` may be a namespace or a worker id: both become parts of queue names and znode names, so only
+/// `[A-Za-z0-9_-]`, and at least one character.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
@@ -21,10 +29,7 @@ impl Names {
     /// A namespace is used as a queue-name prefix and a znode name, so only `[A-Za-z0-9_-]` is allowed.
     pub fn new(namespace: &str) -> Self {
         assert!(
-            !namespace.is_empty()
-                && namespace
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            is_valid_name(namespace),
             "namespace must be non-empty [A-Za-z0-9_-]: {namespace:?}"
         );
         Self {

@@ -165,11 +165,7 @@ pub async fn run(
         config.reported_pid = Some(wait_for_host_pid(&path).await?);
     }
     anyhow::ensure!(
-        !config.id.is_empty()
-            && config
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        protocol::names::is_valid_name(&config.id),
         "worker id must be non-empty [A-Za-z0-9_-]"
     );
     let names = config.names();
