@@ -10,10 +10,13 @@
 //!   one broker and one ZooKeeper.
 //! - [`coord`]: what is stored in ZooKeeper: the worker registry, the epoch and the in-sync set.
 //! - [`disk`]: what the orchestrator reads of a worker's folder: the database file and its bookkeeping table.
+//! - [`lease`]: the rules of the read lease and of the master's leadership lease, which need no synchronised
+//!   clocks.
 
 pub mod coord;
 pub mod disk;
 pub mod http;
+pub mod lease;
 pub mod names;
 pub mod queue;
 

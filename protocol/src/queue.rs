@@ -11,22 +11,22 @@ use crate::http::{ReadRequest, ReadResponse, Statement, WriteResponse};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    /// Run `statements` as one transaction. `key` is the idempotency key: a second write with the same key is
-    /// answered with the first one's result and applies nothing.
-    Write {
-        key: String,
-        statements: Vec<Statement>,
-    },
-    /// Several writes gathered by the orchestrator into one message, each its own transaction with its own
-    /// key and its own answer (in a [`CommandReply::Batch`], in order). Fewer, larger messages are what lets
-    /// the broker keep up under load.
+    /// Writes gathered by the orchestrator into one message, each its own transaction with its own idempotency
+    /// key and its own answer (in a [`CommandReply::Batch`], in order). A second write with a key already
+    /// applied is answered with the first one's result and applies nothing. Fewer, larger messages are what
+    /// lets the broker keep up under load; a lone write is a batch of one.
     Writes { writes: Vec<KeyedWrite> },
     /// Delete every row of every table.
     Clear { key: String },
     /// A catching-up slave asks for a copy of the database at a known sequence number.
     Snapshot { worker: String },
-    /// A slave that has applied everything up to `applied_seq` asks to join the in-sync set.
-    Join { worker: String, applied_seq: u64 },
+    /// A slave that has applied everything up to `applied_seq` asks to join the in-sync set. `anchor` names this
+    /// request as the moment its first read lease may be anchored at (see [`LeaseAnchor`]).
+    Join {
+        worker: String,
+        applied_seq: u64,
+        anchor: LeaseAnchor,
+    },
     /// A slave that is being retired has stopped serving reads, finished the ones it had, and asks to leave the
     /// in-sync set at once (no lease to wait out: it has given it up).
     Leave { worker: String },
@@ -115,10 +115,32 @@ pub struct SyncMessage {
     pub epoch_start: u64,
     /// The slaves in the in-sync set when this was sent.
     pub in_sync: Vec<String>,
-    /// Read lease of those slaves: they may serve reads until this time (Unix milliseconds). An absolute time,
-    /// so that a message the broker delays cannot stretch a lease the master has already given up on; it
-    /// assumes the hosts' clocks agree to within the lease margin (one host: exactly).
-    pub lease_until_ms: u64,
+    /// A read lease for each in-sync slave the master has heard from: the last anchor it received from that
+    /// slave. No time crosses the wire: the slave holds the lease for the lease duration from the moment *it*
+    /// sent that anchor, measured on its own monotonic clock (see `worker::lease`). A message that sat in a
+    /// queue therefore grants nothing fresher than the acknowledgement it answers.
+    pub grants: Vec<LeaseGrant>,
+    /// How long each grant lasts from its anchor, on the slave's clock: a duration, never an instant. The
+    /// master's own count of the leases it granted uses the same figure, so the two cannot be configured apart.
+    pub lease_ms: u64,
+}
+
+/// A read lease handed to one slave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub worker: String,
+    pub anchor: LeaseAnchor,
+}
+
+/// Names one message a slave sent to the master (an acknowledgement or a join request). The slave remembers
+/// when it sent each anchor, on its own clock; a grant echoing the anchor is therefore known to have been made
+/// after that moment, which is what the lease is measured from (Gray and Cheriton's leases, with no clock
+/// shared between hosts). `session` is drawn at random by each slave run, so that an anchor of an earlier run
+/// under the same worker id is never taken for one of this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseAnchor {
+    pub session: u64,
+    pub n: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +161,8 @@ pub struct SyncAck {
     pub worker: String,
     pub epoch: u64,
     pub seq: u64,
+    /// The anchor a lease granted in answer to this acknowledgement is measured from.
+    pub anchor: LeaseAnchor,
 }
 
 /// How far a copy of the database is, as reads compare it: the epoch of the master the slave follows, then the
@@ -215,7 +239,11 @@ mod tests {
             }),
             epoch_start: 3,
             in_sync: vec!["w1".into()],
-            lease_until_ms: 1,
+            grants: vec![LeaseGrant {
+                worker: "w1".into(),
+                anchor: LeaseAnchor { session: 5, n: 8 },
+            }],
+            lease_ms: 1500,
         };
         let json = serde_json::to_vec(&msg).unwrap();
         assert_eq!(serde_json::from_slice::<SyncMessage>(&json).unwrap(), msg);
@@ -223,9 +251,11 @@ mod tests {
 
     #[test]
     fn a_command_round_trips_through_json() {
-        let cmd = Command::Write {
-            key: "k".into(),
-            statements: vec![Statement::new("select ?", vec![crate::Value::Integer(1)])],
+        let cmd = Command::Writes {
+            writes: vec![KeyedWrite {
+                key: "k".into(),
+                statements: vec![Statement::new("select ?", vec![crate::Value::Integer(1)])],
+            }],
         };
         let json = serde_json::to_vec(&cmd).unwrap();
         assert_eq!(serde_json::from_slice::<Command>(&json).unwrap(), cmd);

@@ -1,58 +1,47 @@
-//! ZooKeeper: the worker's registration, the master znode, the epoch and the in-sync set.
+//! ZooKeeper: the worker's registration, the master znode, the epoch, the in-sync set, and the master's
+//! leadership lease. Standing for election and taking the role over are in [`crate::election`].
 //!
 //! Every write that decides who may act (the epoch, the in-sync set) is a versioned set: a worker acting on a
 //! stale view gets `BadVersion` instead of overwriting its successor's decision.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
+use protocol::lease::LeadershipLease;
 use protocol::Names;
-use zookeeper_client::{
-    Acls, Client, CreateMode, CreateOptions, Error as ZkError, EventType, SessionState,
-};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError, SessionState};
 
 use crate::Config;
 
-fn persistent() -> CreateOptions<'static> {
+pub(crate) fn persistent() -> CreateOptions<'static> {
     CreateMode::Persistent.with_acls(Acls::anyone_all())
 }
 
-fn ephemeral() -> CreateOptions<'static> {
+pub(crate) fn ephemeral() -> CreateOptions<'static> {
     CreateMode::Ephemeral.with_acls(Acls::anyone_all())
 }
 
 pub struct Coord {
-    client: Client,
-    names: Names,
-    id: String,
-    pid: u32,
+    pub(crate) client: Client,
+    pub(crate) names: Names,
+    pub(crate) id: String,
+    pub(crate) pid: u32,
     session_timeout: Duration,
-    /// Until when this worker is sure its session — and so its master znode — is alive (ms since `epoch0`).
-    leader_until: Arc<AtomicU64>,
-    epoch0: Instant,
+    /// How long this worker is sure its session, and so its master znode, lives (see `protocol::lease`).
+    leadership: watch::Sender<LeadershipLease>,
 }
 
 /// The master role, as taken in ZooKeeper.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MasterRole {
     pub epoch: u64,
     /// Version of the in-sync set znode after our last write: every later write must match it.
     pub in_sync_version: i32,
-}
-
-/// What stops a worker from taking the master role.
-#[derive(Debug, thiserror::Error)]
-pub enum TakeoverError {
-    /// Only a slave of the last in-sync set may become master: any other may miss acknowledged writes.
-    #[error("not in the in-sync set of the last master")]
-    NotInSync,
-    #[error("another worker holds the master role")]
-    MasterExists,
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    /// The members of the set as the previous master left it: they may still hold its read leases.
+    pub previous: Vec<String>,
 }
 
 impl Coord {
@@ -69,87 +58,38 @@ impl Coord {
             id: config.id.clone(),
             pid: config.pid(),
             session_timeout: Duration::from_millis(config.zk_session_ms),
-            leader_until: Arc::default(),
-            epoch0: Instant::now(),
+            leadership: watch::Sender::new(LeadershipLease::default()),
         })
-    }
-
-    /// Takes the master role: claims the master znode, moves to a new epoch, and becomes the only writer of
-    /// the in-sync set, with that set read *before* the claim as the compare-and-set reference. With
-    /// `must_be_in_sync`, the caller must be a member of that set (a promoted slave); a fresh master started on
-    /// its own database does not.
-    pub async fn take_master_role(
-        &self,
-        db_epoch: u64,
-        must_be_in_sync: bool,
-    ) -> Result<MasterRole, TakeoverError> {
-        let (set, version) = self.in_sync().await?;
-        if must_be_in_sync && !set.members.contains(&self.id) {
-            return Err(TakeoverError::NotInSync);
-        }
-        let mut record = MasterRecord {
-            id: self.id.clone(),
-            pid: self.pid,
-            epoch: set.epoch.max(db_epoch),
-        };
-        let data = serde_json::to_vec(&record).map_err(anyhow::Error::from)?;
-        match self
-            .client
-            .create(&self.names.zk_master(), &data, &ephemeral())
-            .await
-        {
-            Ok(_) => {}
-            Err(ZkError::NodeExists) => return Err(TakeoverError::MasterExists),
-            Err(e) => return Err(anyhow::Error::from(e).into()),
-        }
-        self.renew_leadership().await;
-        let taken = async {
-            let epoch = self.bump_epoch(record.epoch).await?;
-            let fresh = InSyncSet {
-                epoch,
-                master: self.id.clone(),
-                members: vec![],
-            };
-            let in_sync_version = self.write_in_sync(&fresh, version).await?;
-            record.epoch = epoch;
-            self.update_master(&record).await?;
-            anyhow::Ok(MasterRole {
-                epoch,
-                in_sync_version,
-            })
-        };
-        match taken.await {
-            Ok(role) => Ok(role),
-            Err(e) => {
-                // Give the role back rather than sit on a master znode we cannot act for.
-                let _ = self.client.delete(&self.names.zk_master(), None).await;
-                Err(e.into())
-            }
-        }
     }
 
     /// Checks that the master znode is still ours and renews how long we may act on that. The server cannot
     /// expire our session sooner than a session timeout after it heard this request, so until then no other
     /// worker can have become master.
     pub async fn renew_leadership(&self) -> bool {
-        let asked = self.epoch0.elapsed();
+        let asked = Instant::now().into_std();
         let ours = match self.client.check_stat(&self.names.zk_master()).await {
             Ok(Some(stat)) => stat.ephemeral_owner == self.client.session_id().0,
             _ => false,
         };
-        let until = if ours {
-            // A fifth of the timeout as margin for the clocks and for acting on a just-checked lease.
-            (asked + self.session_timeout - self.session_timeout / 5).as_millis() as u64
-        } else {
-            0
-        };
-        self.leader_until.store(until, Ordering::SeqCst);
+        let timeout = self.session_timeout;
+        self.leadership.send_modify(|lease| {
+            if ours {
+                lease.renewed(asked, timeout);
+            } else {
+                lease.drop_lease();
+            }
+        });
         ours
     }
 
     /// Whether this worker may still act as master.
     pub fn is_leader(&self) -> bool {
-        (self.epoch0.elapsed().as_millis() as u64) < self.leader_until.load(Ordering::SeqCst)
+        self.leadership.borrow().holds(Instant::now().into_std())
+    }
+
+    /// Changes to the leadership lease, to wait for its renewal.
+    pub fn leadership(&self) -> watch::Receiver<LeadershipLease> {
+        self.leadership.subscribe()
     }
 
     /// Renews the leadership lease every quarter session timeout, and drops it at once when the connection to
@@ -167,68 +107,12 @@ impl Coord {
                 }
                 s = state.changed() => {
                     if s != SessionState::SyncConnected {
-                        self.leader_until.store(0, Ordering::SeqCst);
+                        self.leadership.send_modify(LeadershipLease::drop_lease);
                         tracing::warn!(state = ?s, "ZooKeeper connection suspended: not acting as master");
                     } else {
                         self.renew_leadership().await;
                     }
                 }
-            }
-        }
-    }
-
-    /// Registers as an election candidate (an in-sync slave). Idempotent.
-    pub async fn stand(&self) -> anyhow::Result<()> {
-        let path = self.names.zk_candidate(self.pid, &self.id);
-        match self.client.create(&path, &[], &ephemeral()).await {
-            Ok(_) | Err(ZkError::NodeExists) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Withdraws from the election. Idempotent.
-    pub async fn withdraw(&self) -> anyhow::Result<()> {
-        let path = self.names.zk_candidate(self.pid, &self.id);
-        self.client
-            .delete(&path, None)
-            .await
-            .or_else(ignore_no_node)?;
-        Ok(())
-    }
-
-    /// Waits until it is this worker's turn to try to become master: it is the candidate with the lowest pid
-    /// and there is no master. Each candidate watches only the candidate just before it (no herd effect when
-    /// one goes); the first watches the master znode. Returns when the turn comes; callers that are not
-    /// candidates simply wait on it forever.
-    pub async fn wait_for_turn(&self) -> anyhow::Result<()> {
-        let me = self.names.zk_candidate(self.pid, &self.id);
-        let me = me.rsplit('/').next().unwrap_or_default().to_owned();
-        loop {
-            let mut candidates = match self.client.list_children(&self.names.zk_election()).await {
-                Ok(c) => c,
-                Err(ZkError::NoNode) => vec![],
-                Err(e) => return Err(e.into()),
-            };
-            candidates.sort();
-            let watched = match candidates.iter().position(|c| *c == me) {
-                None => {
-                    // Not standing: check again a little later.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Some(0) => self.names.zk_master(),
-                Some(i) => format!("{}/{}", self.names.zk_election(), candidates[i - 1]),
-            };
-            let (stat, watcher) = self.client.check_and_watch_stat(&watched).await?;
-            if stat.is_none() {
-                if watched == self.names.zk_master() {
-                    return Ok(());
-                }
-                continue;
-            }
-            let event = watcher.changed().await;
-            if event.event_type == EventType::Session && event.session_state.is_terminated() {
-                bail!("ZooKeeper session ended while waiting for the election");
             }
         }
     }
@@ -361,7 +245,7 @@ impl Coord {
     }
 }
 
-fn ignore_no_node(e: ZkError) -> Result<(), ZkError> {
+pub(crate) fn ignore_no_node(e: ZkError) -> Result<(), ZkError> {
     match e {
         ZkError::NoNode => Ok(()),
         e => Err(e),

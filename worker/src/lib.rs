@@ -9,14 +9,18 @@
 //!
 //! Modules:
 //! - [`db`]: SQLite: running batches, changesets, applying entries, snapshots, reads (no networking).
-//! - [`master`]: the master's loop: group commit, replication rounds, the in-sync set and leases.
-//! - [`slave`]: catch-up, the apply loop, and the read server.
-//! - [`coord`]: ZooKeeper: registration, the master znode, the epoch and the in-sync set.
+//! - [`master`]: the master: its rules as a state machine ([`master::machine`]: group commit, replication
+//!   rounds, the in-sync set and read leases) and the loop that connects it to the broker and ZooKeeper.
+//! - [`slave`]: the slave: its rules as a state machine ([`slave::machine`]: catch-up, applying the log, the
+//!   read lease, retiring), its loop, and the read server ([`slave::reads`]).
+//! - [`election`]: standing for election, whose turn it is, and taking the master role over.
+//! - [`coord`]: ZooKeeper: registration, the epoch, the in-sync set and the master's leadership lease.
 //! - [`amqp`]: declaring the queues and the RPC plumbing over RabbitMQ.
 
 pub mod amqp;
 pub mod coord;
 pub mod db;
+pub mod election;
 pub mod master;
 pub mod slave;
 
@@ -191,7 +195,8 @@ pub async fn run(
             })
             .await?;
             role = Some(
-                zk.take_master_role(epoch, false)
+                election::Election::new(&zk)
+                    .take_master_role(epoch, false)
                     .await
                     .context("taking the master role")?,
             );

@@ -75,7 +75,8 @@ async fn a_log_entry_from_an_older_epoch_or_after_a_gap_is_not_applied() {
         }),
         epoch_start: 0,
         in_sync: in_sync.clone(),
-        lease_until_ms: u64::MAX,
+        grants: vec![],
+        lease_ms: u64::MAX,
     };
     // A deposed master's entry (epoch 0), and an entry that skips ahead in the log.
     for msg in [forged(0, seq + 1), forged(1, seq + 5)] {

@@ -7,7 +7,7 @@ use e2e::{st, Cluster};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use protocol::queue::{Command, CommandReply};
+use protocol::queue::{Command, CommandReply, KeyedWrite};
 use protocol::Value;
 
 fn signal(pid: u32, sig: &str) {
@@ -74,9 +74,11 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
     signal(old.pid, "-STOP");
     // Delivered at once to the only consumer, the paused master. It expires long before the old master's
     // connection could hand it back, so only the paused master could ever apply it.
-    let zombie = Command::Write {
-        key: "zombie".into(),
-        statements: vec![st("INSERT INTO t (v) VALUES ('zombie')", vec![])],
+    let zombie = Command::Writes {
+        writes: vec![KeyedWrite {
+            key: "zombie".into(),
+            statements: vec![st("INSERT INTO t (v) VALUES ('zombie')", vec![])],
+        }],
     };
     ch.basic_publish(
         "".into(),
@@ -113,8 +115,13 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
         tokio::time::timeout(Duration::from_millis(500), answers.next()).await
     {
         let reply: CommandReply = serde_json::from_slice(&d.data).unwrap();
+        let CommandReply::Batch { replies } = &reply else {
+            panic!("not an answer to a batch of writes: {reply:?}")
+        };
         assert!(
-            !matches!(reply, CommandReply::Written(_)),
+            !replies
+                .iter()
+                .any(|r| matches!(r, CommandReply::Written(_))),
             "the deposed master acknowledged: {reply:?}"
         );
     }
