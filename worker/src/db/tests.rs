@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use protocol::{ReadRequest, StatementResult, Value};
 
 fn st(sql: &str, params: Vec<Value>) -> Statement {
     Statement::new(sql, params)
