@@ -885,7 +885,11 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
-                CommandReply::Joined { epoch: 1, seq: 1 },
+                CommandReply::Joined {
+                    epoch: 1,
+                    seq: 1,
+                    serial: 0,
+                },
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
         ];

@@ -54,10 +54,14 @@ pub enum CommandReply {
         error: String,
     },
     Snapshot(Snapshot),
-    /// The slave is in the in-sync set from `seq` on, and may serve reads while its lease holds.
+    /// The slave is in the in-sync set. `seq`: where the master stood when it let it in (the slave neither
+    /// stands nor serves before it has applied that far); every message of this master numbered after `serial`
+    /// names it for as long as it stays in the set.
     Joined {
         epoch: u64,
         seq: u64,
+        #[serde(default)]
+        serial: u64,
     },
     /// The slave has left the in-sync set.
     Left,
@@ -109,10 +113,19 @@ pub struct LogEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncMessage {
     pub kind: SyncKind,
+    /// Numbers this master's messages, from 1 at the start of its epoch: a slave that joined after message
+    /// `serial` and is not named by a later one has been dropped from the set.
+    #[serde(default)]
+    pub serial: u64,
     /// The seq this master's epoch started from (what it had applied when it took the role). A slave meeting
     /// a new epoch keeps its copy only if it stands exactly there: a slave ahead holds entries the new master
     /// never had, a slave behind cannot get the missing ones from a master that keeps no log; both resync.
     pub epoch_start: u64,
+    /// The last seq of this master's log that every slave of the in-sync set holds (and at least the minimum
+    /// number of them): it will survive any failover. A slave shows a read only data up to here, never an entry
+    /// that a failover could still take back.
+    #[serde(default)]
+    pub committed: u64,
     /// The slaves in the in-sync set when this was sent.
     pub in_sync: Vec<String>,
     /// A read lease for each in-sync slave the master has heard from: the last anchor it received from that
@@ -237,7 +250,9 @@ mod tests {
                     sequences: vec![("rides".into(), 7)],
                 },
             }),
+            serial: 2,
             epoch_start: 3,
+            committed: 8,
             in_sync: vec!["w1".into()],
             grants: vec![LeaseGrant {
                 worker: "w1".into(),

@@ -1,27 +1,38 @@
 //! A deterministic simulation of the replication rules: the master's and the slaves' state machines, exchanging
-//! their messages through queues with random delays, while processes are paused and slaves crash and are
-//! replaced, each process reading a clock of its own that runs up to 1 % fast or slow (no two clocks agree on
-//! anything but the rate bound). Real SQLite databases, no broker, no ZooKeeper.
+//! their messages through queues with random delays, while processes are paused, slaves crash and are replaced,
+//! and masters crash and an in-sync slave takes over, each process reading a clock of its own that runs up to 1 %
+//! fast or slow (no two clocks agree on anything but the rate bound). Real SQLite databases, no broker, no
+//! ZooKeeper.
 //!
-//! What it checks, over random schedules: **no read is ever served stale** (a slave that serves at some moment,
-//! by its own lease, has applied every write whose acknowledgement the master sent before that moment), and that
-//! the run is not vacuous (writes were acknowledged and reads served).
+//! Every write inserts a row with a key of its own; a read is served by a slave that may serve by its own rules
+//! at that moment (a lease by its clock, and the master's commit point covering what it applied), and sees the
+//! keys in its copy. Over random schedules it checks that the reads and writes are linearizable for this
+//! grow-only set:
+//! - **no stale read**: a read sees every write acknowledged before it;
+//! - **no read goes back**: a read sees every key any earlier read saw;
+//! - **nothing seen is lost**: every key a read saw, and every acknowledged write, is in the last master's copy;
+//!
+//! and that the run is not vacuous (writes were acknowledged and reads served).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use proptest::prelude::*;
 use protocol::lease::MAX_DRIFT_PPM;
 use protocol::queue::{Command, CommandReply, KeyedWrite, SyncAck, SyncMessage};
 use protocol::{Statement, Value};
+use worker::coord::MasterRole;
 use worker::db::{Db, Job};
+use worker::election::TakeoverError;
 use worker::master::machine::{self as m, Master};
-use worker::slave::machine::{self as s, Phase, Slave};
+use worker::slave::machine::{self as s, Phase, Slave, Takeover};
 
 const PPM: u128 = 1_000_000;
 const SLAVES: usize = 3;
 const RUN: Duration = Duration::from_secs(20);
+/// How long without an electable slave before the master is restored from the furthest copy (the orchestrator
+/// waits for the members it sees alive; the simulation does not tell).
+const RESTORE_AFTER: Duration = Duration::from_secs(2);
 
 /// A small deterministic generator (xorshift64*), seeded by proptest.
 struct Rng(u64);
@@ -50,7 +61,8 @@ impl Rng {
 /// Who a command came from, so its answer can be routed back.
 #[derive(Debug, Clone, Copy)]
 enum Sender {
-    Client,
+    /// A client's write, with its key.
+    Client(u64),
     Slave(usize, u64),
 }
 
@@ -59,8 +71,10 @@ enum Event {
     /// A command reaches `writeQ`.
     Command(Sender, Command),
     /// A message of the log reaches a slave's queue.
-    Sync(usize, u64, SyncMessage),
-    Ack(SyncAck),
+    /// A message of the log reaches a slave's queue; `bool`: it asks for an acknowledgement.
+    Sync(usize, u64, SyncMessage, bool),
+    /// An acknowledgement reaches the master of that incarnation.
+    Ack(u64, SyncAck),
     Reply(usize, u64, CommandReply),
     MasterWake,
     SlaveWake(usize, u64),
@@ -69,6 +83,9 @@ enum Event {
     Pause(Process, Duration),
     Crash(usize),
     Restart(usize),
+    MasterCrash,
+    /// The master's death is noticed (its session ended): the first in-sync slave takes over.
+    Elect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +106,8 @@ struct SlaveProc {
     /// When the last message was delivered to its queue: the queue is first in, first out.
     last_delivery: Duration,
     request_out: bool,
+    /// Its election candidacy (Stand/Withdraw), as ZooKeeper would hold it.
+    standing: bool,
 }
 
 struct World {
@@ -102,16 +121,29 @@ struct World {
     master: Master,
     master_rate: u128,
     master_paused_until: Duration,
+    master_alive: bool,
+    crashed_at: Duration,
+    /// Bumped at each takeover: acknowledgements to an earlier master are lost with it.
+    master_incarnation: u64,
+    master_db: std::path::PathBuf,
+    epoch: u64,
+    /// The in-sync set as last written to "ZooKeeper".
+    zk_set: Vec<String>,
     write_q: VecDeque<(u64, Command)>,
+    /// Commands the master took and has not acknowledged to the broker: redelivered if it dies.
+    unacked: VecDeque<(u64, Command)>,
     senders: BTreeMap<u64, Sender>,
     next_tag: u64,
     slaves: Vec<SlaveProc>,
     /// Per slave id, the last delivery time of acknowledgements to the master (one channel: in order).
     next_key: u64,
-    /// The highest seq any acknowledgement the master sent covered, by the moment it was sent.
+    /// The keys of acknowledged writes, with the moment the master sent the acknowledgement.
     acked: Vec<(Duration, u64)>,
+    /// Every key some read has seen so far.
+    seen: std::collections::BTreeSet<u64>,
     reads_served: u64,
     writes_acked: u64,
+    takeovers: u64,
 }
 
 fn local(base: Instant, real: Duration, rate: u128) -> Instant {
@@ -148,6 +180,7 @@ impl World {
             lease: Duration::from_millis(1500),
             min_in_sync: 1,
         };
+        let master_db = dir.path().join("master/db.sqlite");
         let (master, effects) = Master::new(params, db, Vec::<String>::new(), false, base);
         let mut w = World {
             rng,
@@ -160,14 +193,23 @@ impl World {
             master,
             master_rate,
             master_paused_until: Duration::ZERO,
+            master_alive: true,
+            crashed_at: Duration::ZERO,
+            master_incarnation: 0,
+            master_db,
+            epoch: 1,
+            zk_set: Vec::new(),
             write_q: VecDeque::new(),
+            unacked: VecDeque::new(),
             senders: BTreeMap::new(),
             next_tag: 1,
             slaves: Vec::new(),
             next_key: 0,
             acked: Vec::new(),
+            seen: std::collections::BTreeSet::new(),
             reads_served: 0,
             writes_acked: 0,
+            takeovers: 0,
         };
         for (i, rate) in slave_rates.into_iter().enumerate() {
             let machine = w.new_slave(i, 0);
@@ -180,6 +222,7 @@ impl World {
                 rate,
                 last_delivery: Duration::ZERO,
                 request_out: false,
+                standing: false,
             });
             w.slave_effects(i, machine.1);
         }
@@ -190,13 +233,16 @@ impl World {
         w
     }
 
+    fn slave_db(&self, i: usize, incarnation: u64) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join(format!("s{i}-{incarnation}/db.sqlite"))
+    }
+
     fn new_slave(&mut self, i: usize, incarnation: u64) -> (Slave, Vec<s::Effect>) {
         let params = s::Params {
             id: format!("s{i}"),
-            db_path: self
-                .dir
-                .path()
-                .join(format!("s{i}-{incarnation}/db.sqlite")),
+            db_path: self.slave_db(i, incarnation),
             retry_pause: Duration::from_millis(200),
         };
         Slave::new(params, self.rng.next())
@@ -206,7 +252,8 @@ impl World {
         let id = self.next_id;
         self.next_id += 1;
         self.payloads.insert(id, event);
-        self.events.push(Reverse((when, self.rng.next(), id)));
+        // Events at the same moment happen in the order they were made: a queue stays first in, first out.
+        self.events.push(Reverse((when, id as u64, id)));
     }
 
     fn master_now(&self) -> Instant {
@@ -228,41 +275,53 @@ impl World {
 
     fn master_effects(&mut self, effects: Vec<m::Effect>) {
         for effect in effects {
-            match effect {
-                m::Effect::Publish(msg) => {
-                    for i in 0..self.slaves.len() {
-                        if !self.slaves[i].alive {
-                            continue;
-                        }
-                        let when = (self.now + self.delay()).max(self.slaves[i].last_delivery);
-                        self.slaves[i].last_delivery = when;
-                        let inc = self.slaves[i].incarnation;
-                        self.at(when, Event::Sync(i, inc, msg.clone()));
-                    }
+            let (msg, ackable) = match effect {
+                m::Effect::Publish(msg) => (msg, true),
+                m::Effect::Notify(msg) => (msg, false),
+                m::Effect::WriteInSync(members) => {
+                    self.zk_set = members;
+                    continue;
                 }
-                m::Effect::WriteInSync(_) | m::Effect::AckCommands(_) => {}
-                m::Effect::Reply(tag, reply) => match self.senders.remove(&tag) {
-                    Some(Sender::Client) => {
-                        self.record_ack(&reply);
+                m::Effect::AckCommands(tag) => {
+                    while self.unacked.front().is_some_and(|(t, _)| *t <= tag) {
+                        self.unacked.pop_front();
                     }
-                    Some(Sender::Slave(i, inc)) => {
-                        let when = self.now + self.delay();
-                        self.at(when, Event::Reply(i, inc, reply));
-                    }
-                    None => {}
-                },
+                    continue;
+                }
+                m::Effect::Reply(tag, reply) => {
+                    self.route_reply(tag, reply);
+                    continue;
+                }
+            };
+            for i in 0..self.slaves.len() {
+                if !self.slaves[i].alive {
+                    continue;
+                }
+                let when = (self.now + self.delay()).max(self.slaves[i].last_delivery);
+                self.slaves[i].last_delivery = when;
+                let inc = self.slaves[i].incarnation;
+                self.at(when, Event::Sync(i, inc, msg.clone(), ackable));
             }
         }
     }
 
-    fn record_ack(&mut self, reply: &CommandReply) {
-        let CommandReply::Batch { replies } = reply else {
-            return;
-        };
-        for r in replies {
-            if let CommandReply::Written(w) = r {
+    fn route_reply(&mut self, tag: u64, reply: CommandReply) {
+        match self.senders.remove(&tag) {
+            Some(Sender::Client(key)) => self.record_ack(key, &reply),
+            Some(Sender::Slave(i, inc)) => {
+                let when = self.now + self.delay();
+                self.at(when, Event::Reply(i, inc, reply));
+            }
+            None => {}
+        }
+    }
+
+    /// A client got an answer: if its write was acknowledged, its key, with the moment.
+    fn record_ack(&mut self, key: u64, reply: &CommandReply) {
+        if let CommandReply::Batch { replies } = reply {
+            if let [CommandReply::Written(_)] = replies.as_slice() {
                 self.writes_acked += 1;
-                self.acked.push((self.now, w.seq));
+                self.acked.push((self.now, key));
             }
         }
     }
@@ -284,10 +343,23 @@ impl World {
                 s::Effect::Leave => Some(Command::Leave { worker: id.clone() }),
                 s::Effect::Ack(ack) => {
                     let when = self.now + self.delay();
-                    self.at(when, Event::Ack(ack));
+                    let to = self.master_incarnation;
+                    self.at(when, Event::Ack(to, ack));
                     None
                 }
-                s::Effect::Stand | s::Effect::Withdraw | s::Effect::TakeOver { .. } => None,
+                s::Effect::Stand => {
+                    if let Some(p) = self.slaves.get_mut(i) {
+                        p.standing = true;
+                    }
+                    None
+                }
+                s::Effect::Withdraw => {
+                    if let Some(p) = self.slaves.get_mut(i) {
+                        p.standing = false;
+                    }
+                    None
+                }
+                s::Effect::TakeOver { .. } => None,
             };
             if let Some(command) = command {
                 if let Some(p) = self.slaves.get_mut(i) {
@@ -301,6 +373,9 @@ impl World {
 
     /// Lets the master take what waits in `writeQ`, if it can, and wakes it for its timers.
     fn run_master(&mut self) {
+        if !self.master_alive {
+            return;
+        }
         if self.now < self.master_paused_until {
             let until = self.master_paused_until;
             self.at(until, Event::MasterWake);
@@ -309,9 +384,10 @@ impl World {
         let now = self.master_now();
         let mut effects = self.master.on_timer(now);
         if self.master.ready_for_commands() && !self.write_q.is_empty() {
-            let batch: Vec<m::Incoming> = self
-                .write_q
-                .drain(..)
+            let taken: Vec<(u64, Command)> = self.write_q.drain(..).collect();
+            self.unacked.extend(taken.iter().cloned());
+            let batch: Vec<m::Incoming> = taken
+                .into_iter()
                 .map(|(tag, command)| m::Incoming {
                     tag,
                     command: Ok(command),
@@ -383,20 +459,23 @@ impl World {
                 self.write_q.push_back((tag, command));
                 self.run_master();
             }
-            Event::Ack(ack) => {
+            Event::Ack(to, ack) => {
+                if to != self.master_incarnation || !self.master_alive {
+                    return true;
+                }
                 if self.now >= self.master_paused_until {
                     let now = self.master_now();
                     let effects = self.master.on_ack(now, ack);
                     self.master_effects(effects);
                 } else {
                     let until = self.master_paused_until;
-                    self.at(until, Event::Ack(ack));
+                    self.at(until, Event::Ack(to, ack));
                 }
             }
             Event::MasterWake => self.run_master(),
-            Event::Sync(i, inc, msg) => {
+            Event::Sync(i, inc, msg, ackable) => {
                 if self.slaves[i].incarnation == inc && self.slaves[i].alive {
-                    self.slaves[i].inbox.push_back((msg, true));
+                    self.slaves[i].inbox.push_back((msg, ackable));
                     self.run_slave(i);
                 }
             }
@@ -433,7 +512,8 @@ impl World {
             }
             Event::ClientWrite => {
                 self.next_key += 1;
-                let key = format!("w{}", self.next_key);
+                let number = self.next_key;
+                let key = format!("w{number}");
                 let command = Command::Writes {
                     writes: vec![KeyedWrite {
                         key: key.clone(),
@@ -444,14 +524,14 @@ impl World {
                     }],
                 };
                 let when = self.now + self.delay();
-                self.at(when, Event::Command(Sender::Client, command));
+                self.at(when, Event::Command(Sender::Client(number), command));
                 let next = self.now + self.rng.ms(40);
                 self.at(next, Event::ClientWrite);
                 self.maybe_fault();
             }
             Event::ClientRead => {
                 self.read();
-                let next = self.now + self.rng.ms(10);
+                let next = self.now + self.rng.ms(40);
                 self.at(next, Event::ClientRead);
             }
             Event::Pause(Process::Master, d) => {
@@ -462,10 +542,25 @@ impl World {
                 p.paused_until = p.paused_until.max(self.now + d);
             }
             Event::Crash(i) => {
+                // Its session ends: its candidacy goes with it.
                 self.slaves[i].alive = false;
+                self.slaves[i].standing = false;
                 let when = self.now + self.rng.ms(3000);
                 self.at(when, Event::Restart(i));
             }
+            Event::MasterCrash => {
+                if self.master_alive {
+                    self.master_alive = false;
+                    self.crashed_at = self.now;
+                    // Its unacknowledged commands go back to the queue, in order, for the next master.
+                    let mut back = std::mem::take(&mut self.unacked);
+                    back.extend(self.write_q.drain(..));
+                    self.write_q = back;
+                    let noticed = self.now + self.rng.ms(500);
+                    self.at(noticed, Event::Elect);
+                }
+            }
+            Event::Elect => self.elect(),
             Event::Restart(i) => {
                 let inc = self.slaves[i].incarnation + 1;
                 let (machine, effects) = self.new_slave(i, inc);
@@ -476,6 +571,7 @@ impl World {
                 p.alive = true;
                 p.paused_until = Duration::ZERO;
                 p.request_out = false;
+                p.standing = false;
                 self.slave_effects(i, effects);
             }
         }
@@ -483,23 +579,25 @@ impl World {
     }
 
     /// Now and then (about once every two seconds): pause the master or a slave (up to 4 s: past its leases),
-    /// or crash a slave.
+    /// crash a slave, or crash the master.
     fn maybe_fault(&mut self) {
         if !self.rng.chance(1) {
             return;
         }
         let i = self.rng.below(SLAVES as u64) as usize;
-        let event = match self.rng.below(4) {
+        let event = match self.rng.below(5) {
             0 => Event::Pause(Process::Master, self.rng.ms(4000)),
             1 | 2 => Event::Pause(Process::Slave(i), self.rng.ms(4000)),
-            _ => Event::Crash(i),
+            3 => Event::Crash(i),
+            _ => Event::MasterCrash,
         };
         let now = self.now;
         self.at(now, event);
     }
 
-    /// A client's read, served by a slave that holds a lease by its own clock at this moment; it must see every
-    /// write acknowledged before.
+    /// A client's read, served by a slave that may serve at this moment by its own rules: its lease holds by its
+    /// clock, and the master's commit point covers what it applied (otherwise the real slave waits, or hands the
+    /// read to another). Checks what it sees against what was acknowledged and seen before.
     fn read(&mut self) {
         let i = self.rng.below(SLAVES as u64) as usize;
         let p = &self.slaves[i];
@@ -508,34 +606,256 @@ impl World {
         }
         let serving = p.machine.serving();
         let now = self.slave_now(i);
-        if serving.lease_until.is_none_or(|until| now >= until) {
+        if serving.lease_until.is_none_or(|until| now >= until)
+            || serving.committed < serving.position.seq
+        {
             return;
         }
-        let acked = self
-            .acked
-            .iter()
-            .filter(|(t, _)| *t <= self.now)
-            .map(|(_, seq)| *seq)
-            .max()
-            .unwrap_or(0);
-        assert!(
-            serving.position.seq >= acked,
-            "stale read at {:?} on s{i}: it stands at {} but seq {acked} was acknowledged",
-            self.now,
-            serving.position.seq
-        );
+        let keys = keys_in(&self.slave_db(i, p.incarnation));
+        for (t, key) in &self.acked {
+            assert!(
+                *t > self.now || keys.contains(key),
+                "stale read at {:?} on s{i}: write {key}, acknowledged at {t:?}, is missing",
+                self.now
+            );
+        }
+        if let Some(key) = self.seen.difference(&keys).next() {
+            panic!(
+                "read at {:?} on s{i} went back: write {key}, seen by an earlier read, is missing",
+                self.now
+            );
+        }
+        self.seen.extend(keys);
         self.reads_served += 1;
+    }
+
+    /// No election brought a master: as the orchestrator does, restart the master on the copy that got
+    /// furthest, whatever worker's it was (killing a slave that runs on it), in a new epoch.
+    fn restore(&mut self) {
+        let mut copies = vec![(self.master_db.clone(), None)];
+        for i in 0..self.slaves.len() {
+            copies.push((self.slave_db(i, self.slaves[i].incarnation), Some(i)));
+        }
+        let (path, owner) = copies
+            .into_iter()
+            .filter(|(path, _)| path.exists())
+            .max_by_key(|(path, _)| Db::open_replica(path).unwrap().position())
+            .expect("a copy");
+        if let Some(i) = owner {
+            self.slaves[i].alive = false;
+            self.slaves[i].standing = false;
+            let later = self.now + self.rng.ms(1000);
+            self.at(later, Event::Restart(i));
+        }
+        let db = Db::open_master(&path).unwrap();
+        let previous = self.zk_set.clone();
+        self.promote(
+            db,
+            path,
+            previous,
+            owner.map_or(self.master_rate, |i| self.slaves[i].rate),
+        );
+    }
+
+    /// A new master of the next epoch on `db` (its file at `path`), on a clock of `rate`.
+    fn promote(&mut self, db: Db, path: std::path::PathBuf, previous: Vec<String>, rate: u128) {
+        self.epoch += 1;
+        self.takeovers += 1;
+        let params = m::Params {
+            epoch: self.epoch,
+            ack_timeout: Duration::from_millis(1000),
+            heartbeat: Duration::from_millis(250),
+            lease: Duration::from_millis(1500),
+            min_in_sync: 1,
+        };
+        self.master_db = path;
+        self.master_rate = rate;
+        self.master_incarnation += 1;
+        self.master_alive = true;
+        self.master_paused_until = Duration::ZERO;
+        let master_now = self.master_now();
+        let (master, effects) = Master::new(params, db, previous, true, master_now);
+        self.master = master;
+        self.master_effects(effects);
+        self.run_master();
+    }
+
+    /// The master's death is noticed: the in-sync slave that comes first takes over, on its own copy, after
+    /// taking in what is already in its queue.
+    fn elect(&mut self) {
+        let candidate = (0..self.slaves.len()).find(|&i| {
+            let p = &self.slaves[i];
+            p.alive && self.now >= p.paused_until && p.standing
+        });
+        let Some(i) = candidate else {
+            if self.now >= self.crashed_at + RESTORE_AFTER {
+                self.restore();
+            } else {
+                let later = self.now + Duration::from_millis(200);
+                self.at(later, Event::Elect);
+            }
+            return;
+        };
+        let now = self.slave_now(i);
+        let mut effects = Vec::new();
+        while self.slaves[i].machine.accepts_sync() {
+            let Some((msg, ackable)) = self.slaves[i].inbox.pop_front() else {
+                break;
+            };
+            effects.extend(self.slaves[i].machine.on_sync(now, Ok(msg), ackable));
+        }
+        effects.extend(self.slaves[i].machine.on_turn());
+        self.slave_effects(i, effects);
+        // Taking the role succeeds only for a member of the last in-sync set (as `Election::take_master_role`).
+        if !self.zk_set.contains(&format!("s{i}")) {
+            let machine = &mut self.slaves[i].machine;
+            let effects = match machine.on_takeover(Err(TakeoverError::NotInSync)) {
+                Takeover::Lost(effects) => effects,
+                Takeover::Won(..) => unreachable!("refused"),
+            };
+            self.slave_effects(i, effects);
+            let later = self.now + Duration::from_millis(50);
+            self.at(later, Event::Elect);
+            return;
+        }
+        let role = MasterRole {
+            epoch: self.epoch + 1,
+            in_sync_version: 0,
+            previous: self.zk_set.clone(),
+        };
+        let Takeover::Won(db, role, _) = self.slaves[i].machine.on_takeover(Ok(role)) else {
+            // It fell out of sync while taking in its queue: look again.
+            let later = self.now + Duration::from_millis(50);
+            self.at(later, Event::Elect);
+            return;
+        };
+        let previous: Vec<String> = role
+            .previous
+            .into_iter()
+            .filter(|w| *w != format!("s{i}"))
+            .collect();
+        let path = self.slave_db(i, self.slaves[i].incarnation);
+        // The promoted process is the master now; its slave slot gets a fresh slave later.
+        self.slaves[i].alive = false;
+        self.slaves[i].standing = false;
+        let later = self.now + self.rng.ms(1000);
+        self.at(later, Event::Restart(i));
+        let rate = self.slaves[i].rate;
+        self.promote(*db, path, previous, rate);
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+/// The keys of the writes in a copy.
+fn keys_in(path: &std::path::Path) -> std::collections::BTreeSet<u64> {
+    let conn = worker::db::open_reader(path).unwrap();
+    let request = protocol::ReadRequest {
+        sql: "SELECT v FROM t".into(),
+        params: vec![],
+    };
+    let rows = worker::db::read(&conn, &request).unwrap().rows;
+    rows.into_iter()
+        .map(|row| match &row[0] {
+            Value::Text(k) => k[1..].parse().unwrap(),
+            other => panic!("not a key: {other:?}"),
+        })
+        .collect()
+}
 
-    #[test]
-    fn no_read_is_ever_served_stale_whatever_the_delays_pauses_crashes_and_clock_rates(seed in any::<u64>()) {
-        let mut world = World::new(seed);
-        while world.step() {}
-        prop_assert!(world.writes_acked > 0, "no write was acknowledged");
-        prop_assert!(world.reads_served > 0, "no read was served");
+/// What one schedule did.
+struct Outcome {
+    writes_acked: u64,
+    reads_served: u64,
+}
+
+/// Runs one schedule to the end and checks what it must (panicking with the reason otherwise).
+fn run(seed: u64) -> Outcome {
+    let mut world = World::new(seed);
+    while world.step() {}
+    // Nothing seen or acknowledged was lost: the last master's copy holds it all.
+    let last = keys_in(&world.master_db);
+    let acked: std::collections::BTreeSet<u64> = world.acked.iter().map(|(_, k)| *k).collect();
+    let lost: Vec<_> = acked.difference(&last).collect();
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: acknowledged writes lost: {lost:?}"
+    );
+    let lost: Vec<_> = world.seen.difference(&last).collect();
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: writes seen by reads lost: {lost:?}"
+    );
+    Outcome {
+        writes_acked: world.writes_acked,
+        reads_served: world.reads_served,
     }
+}
+
+/// Runs the schedules of `seeds`, and checks that they were not vacuous: every one acknowledged writes, and
+/// most served reads (a schedule with a master crash every few seconds may keep every slave catching up).
+fn run_all(seeds: impl Iterator<Item = u64>) {
+    let (mut schedules, mut with_reads) = (0, 0);
+    for seed in seeds {
+        let outcome = run(seed);
+        assert!(
+            outcome.writes_acked > 0,
+            "seed {seed}: no write was acknowledged"
+        );
+        schedules += 1;
+        if outcome.reads_served > 0 {
+            with_reads += 1;
+        }
+    }
+    assert!(
+        with_reads * 4 >= schedules * 3,
+        "only {with_reads} of {schedules} schedules served reads"
+    );
+}
+
+/// The seeds of a run: spread over the whole range, from `first`.
+fn seeds(first: u64, count: u64) -> impl Iterator<Item = u64> {
+    (first..first + count).map(|n| n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// A fixed set of schedules, the same on every run (a failure names its seed; replay it with `one_seed`).
+#[test]
+fn reads_and_writes_stay_linearizable_whatever_the_delays_pauses_crashes_failovers_and_clock_rates()
+{
+    run_all(seeds(1, 64));
+}
+
+/// More schedules, new ones each time: `RIDESHARE_SIM_SCHEDULES=500 cargo test --release -p worker --test
+/// simulation more_schedules -- --ignored`.
+#[test]
+#[ignore = "explores many schedules; minutes"]
+fn more_schedules() {
+    let count = std::env::var("RIDESHARE_SIM_SCHEDULES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    let first = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    eprintln!("seeds from {first}");
+    run_all(seeds(first, count));
+}
+
+/// One schedule again, by its seed: `RIDESHARE_SIM_SEED=<seed> cargo test -p worker --test simulation one_seed
+/// -- --ignored --nocapture` (with `RUST_LOG=info` for the machines' logs).
+#[test]
+#[ignore = "replays the schedule of RIDESHARE_SIM_SEED"]
+fn one_seed() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let seed = std::env::var("RIDESHARE_SIM_SEED")
+        .expect("RIDESHARE_SIM_SEED")
+        .parse()
+        .expect("a number");
+    let outcome = run(seed);
+    eprintln!(
+        "{} writes acknowledged, {} reads served",
+        outcome.writes_acked, outcome.reads_served
+    );
 }

@@ -52,6 +52,8 @@ pub struct Incoming {
 pub enum Effect {
     /// Publish on the sync exchange, with our acknowledgement channel as `reply_to`.
     Publish(SyncMessage),
+    /// Publish on the sync exchange without `reply_to`: a commit notice, which nobody acknowledges.
+    Notify(SyncMessage),
     /// Write the in-sync set (a versioned write) with these members.
     WriteInSync(Vec<String>),
     /// Answer the command delivered under this tag.
@@ -64,6 +66,10 @@ pub enum Effect {
 #[derive(Debug, Clone)]
 struct Member {
     acked_seq: u64,
+    /// Where this master stood when it let the slave in. Entries committed before that did not wait for it;
+    /// until it has acknowledged that far it may lack one, so it holds no lease and is not written into the set
+    /// in ZooKeeper (which would make it electable). Every entry after waits for its acknowledgement.
+    joined_at: u64,
     /// When its last acknowledgement (or its join) was heard.
     heard: Instant,
     /// The last anchor heard from it, echoed by the next grant, and when it was heard.
@@ -157,6 +163,8 @@ pub struct Master {
     /// call every member silent after a pause of the master's own).
     published: VecDeque<Instant>,
     last_publish: Instant,
+    /// The number of the last message published (see `SyncMessage::serial`).
+    serial: u64,
 }
 
 impl Master {
@@ -183,6 +191,7 @@ impl Master {
             replicated_seq: seq,
             published: VecDeque::new(),
             last_publish: now,
+            serial: 0,
         };
         let mut effects = Vec::new();
         if clear_set {
@@ -201,9 +210,18 @@ impl Master {
         self.db.position().1
     }
 
-    /// The in-sync set as this master counts it.
+    /// The in-sync set as this master counts it: every entry waits for their acknowledgements.
     pub fn members(&self) -> Vec<String> {
         self.members.keys().cloned().collect()
+    }
+
+    /// The members that hold every committed entry: the set written to ZooKeeper, whose members may be elected.
+    pub fn electable(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.acked_seq >= m.joined_at)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Whether a new batch of commands may be handed in: one round at a time.
@@ -287,7 +305,7 @@ impl Master {
             .collect();
         if !left.is_empty() {
             tracing::info!(?left, "slaves left the in-sync set");
-            effects.push(Effect::WriteInSync(self.members()));
+            effects.push(Effect::WriteInSync(self.electable()));
         }
         effects.extend(
             leaving
@@ -338,12 +356,17 @@ impl Master {
         }
         // It has met this master's epoch, so it holds no lease of the previous one any more.
         self.previous.remove(&ack.worker);
+        let mut effects = Vec::new();
         if let Some(m) = self.members.get_mut(&ack.worker) {
+            let was_behind = m.acked_seq < m.joined_at;
             m.acked_seq = m.acked_seq.max(ack.seq);
             m.heard = now;
             m.anchor = (ack.anchor, now);
+            if was_behind && m.acked_seq >= m.joined_at {
+                // It now holds every committed entry: into the set, where it may be elected.
+                effects.push(Effect::WriteInSync(self.electable()));
+            }
         }
-        let mut effects = Vec::new();
         self.advance(now, &mut effects);
         effects
     }
@@ -365,7 +388,7 @@ impl Master {
         effects
     }
 
-    /// A heartbeat: renews the members' leases and tells every slave the last seq.
+    /// A heartbeat: renews the members' leases and tells every slave the last seq and the commit point.
     fn heartbeat(&mut self, now: Instant) -> Effect {
         let kind = SyncKind::Heartbeat {
             epoch: self.params.epoch,
@@ -374,11 +397,33 @@ impl Master {
         self.publish(now, kind)
     }
 
-    /// A message for every slave, granting each member a lease on the last anchor heard from it.
+    /// A heartbeat that nobody acknowledges, sent when a round's entries are committed so that the slaves may
+    /// show them to reads at once rather than at the next message.
+    fn commit_notice(&mut self) -> Effect {
+        let kind = SyncKind::Heartbeat {
+            epoch: self.params.epoch,
+            seq: self.seq(),
+        };
+        Effect::Notify(self.message(kind))
+    }
+
+    /// A message for every slave, granting each member a lease on the last anchor heard from it; the members'
+    /// acknowledgements are expected.
     fn publish(&mut self, now: Instant, kind: SyncKind) -> Effect {
+        let msg = self.message(kind);
+        self.published.push_back(now);
+        self.last_publish = now;
+        Effect::Publish(msg)
+    }
+
+    fn message(&mut self, kind: SyncKind) -> SyncMessage {
         let hold = grantor_hold(self.params.lease);
         let mut grants = Vec::with_capacity(self.members.len());
         for (worker, m) in &mut self.members {
+            // A member still catching up on what was committed before it joined would serve reads without it.
+            if m.acked_seq < m.joined_at {
+                continue;
+            }
             let (anchor, heard) = m.anchor;
             let end = heard + hold;
             m.lease_end = Some(m.lease_end.map_or(end, |e| e.max(end)));
@@ -387,15 +432,16 @@ impl Master {
                 anchor,
             });
         }
-        self.published.push_back(now);
-        self.last_publish = now;
-        Effect::Publish(SyncMessage {
+        self.serial += 1;
+        SyncMessage {
             kind,
+            serial: self.serial,
             epoch_start: self.epoch_start,
+            committed: self.replicated_seq,
             in_sync: self.members(),
             grants,
             lease_ms: u64::try_from(self.params.lease.as_millis()).unwrap_or(u64::MAX),
-        })
+        }
     }
 
     /// Members that have acknowledged nothing since a message published more than the ack timeout ago: dead or
@@ -466,7 +512,7 @@ impl Master {
                         self.stage = Stage::Dropping { round, until };
                         return;
                     }
-                    effects.push(Effect::WriteInSync(self.members()));
+                    effects.push(Effect::WriteInSync(self.electable()));
                     self.stage = round.map_or(Stage::Idle, Stage::Replicating);
                 }
                 Stage::Replicating(round) => {
@@ -504,6 +550,10 @@ impl Master {
             self.replicated_seq = self.replicated_seq.max(lowest.min(seq));
         }
         let replicated = self.replicated_seq;
+        if round.seq.is_some_and(|s| s <= replicated) {
+            // Before the answers: a reader who heard of the write is then likely to find it shown at once.
+            effects.push(self.commit_notice());
+        }
         let answers: Vec<CommandReply> = match round.writes {
             Writes::Refused { count, error } => {
                 vec![CommandReply::Unavailable { error }; count]
@@ -543,6 +593,7 @@ impl Master {
                     join.worker.clone(),
                     Member {
                         acked_seq: join.applied_seq,
+                        joined_at: seq,
                         heard: join.heard,
                         anchor: (join.anchor, join.heard),
                         lease_end: None,
@@ -552,7 +603,7 @@ impl Master {
             joined.push(join.tag);
         }
         if !round.joins.is_empty() {
-            effects.push(Effect::WriteInSync(self.members()));
+            effects.push(Effect::WriteInSync(self.electable()));
         }
         for tag in joined {
             effects.push(Effect::Reply(
@@ -560,6 +611,7 @@ impl Master {
                 CommandReply::Joined {
                     epoch: self.params.epoch,
                     seq,
+                    serial: self.serial,
                 },
             ));
         }

@@ -17,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use protocol::coord::{InSyncSet, WorkerRecord};
-use protocol::queue::{Command, SyncAck};
+use protocol::queue::{Command, SyncAck, SyncMessage};
 use protocol::{Names, Role};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -241,20 +241,8 @@ impl Io<'_> {
     async fn carry_out(&mut self, effects: Vec<Effect>) -> anyhow::Result<()> {
         for effect in effects {
             match effect {
-                Effect::Publish(msg) => {
-                    self.ensure_leader().await?;
-                    let body = serde_json::to_vec(&msg)?;
-                    self.sync
-                        .basic_publish(
-                            self.names.sync_exchange().as_str().into(),
-                            "".into(),
-                            BasicPublishOptions::default(),
-                            &body,
-                            BasicProperties::default().with_reply_to(DIRECT_REPLY_TO.into()),
-                        )
-                        .await
-                        .context("publishing to syncQ")?;
-                }
+                Effect::Publish(msg) => self.publish(&msg, true).await?,
+                Effect::Notify(msg) => self.publish(&msg, false).await?,
                 Effect::WriteInSync(members) => {
                     self.ensure_leader().await?;
                     let set = InSyncSet {
@@ -298,6 +286,27 @@ impl Io<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Publishes a message of the log; `acknowledged`: with our acknowledgement channel as `reply_to`.
+    async fn publish(&self, msg: &SyncMessage, acknowledged: bool) -> anyhow::Result<()> {
+        self.ensure_leader().await?;
+        let body = serde_json::to_vec(msg)?;
+        let mut properties = BasicProperties::default();
+        if acknowledged {
+            properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
+        }
+        self.sync
+            .basic_publish(
+                self.names.sync_exchange().as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .context("publishing to syncQ")?;
         Ok(())
     }
 

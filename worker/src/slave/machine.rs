@@ -9,11 +9,17 @@
 //! - **following**: the queued messages are applied (those the snapshot already holds are skipped); once none is
 //!   waiting, it asks to join;
 //! - **joining**: the join request is out; messages are still applied;
-//! - **in sync**: joined; it stands for election, and holds a read lease for as long as the grants in the
-//!   master's messages say (see `protocol::lease`);
+//! - **in sync**: joined. Once it has applied everything the master had when it let it in (entries committed
+//!   before the join need not have reached it yet), it stands for election and holds a read lease for as long as
+//!   the grants in the master's messages say (see `protocol::lease`); entries committed after the join waited for
+//!   its own acknowledgement, so from then on it misses no acknowledged write;
 //! - **promoting**: its election turn came; it asked for the master role;
 //! - **leaving**: retiring; it serves nothing, but goes on applying and acknowledging until the master has let
 //!   it go (a slave that stopped would hold the write round up, then be dropped after its lease).
+//!
+//! Every message carries the master's commit point: the entries every in-sync slave holds, which no failover can
+//! take back. A read shows data only up to there ([`Serving::committed`]): an entry applied but not yet committed
+//! may be lost with its master, and a read that showed it would see a write that then never happened.
 //!
 //! A gap in the log, an entry that does not apply, or a heartbeat ahead of what it applied sends it back to
 //! catching up; a master of a newer epoch that did not start where this copy stands, too. Not being named in the
@@ -93,6 +99,9 @@ pub struct Serving {
     pub lease_until: Option<Instant>,
     /// Where the copy stands: the epoch of the master followed and the last seq applied.
     pub position: ReadPosition,
+    /// The master's commit point as last heard, in the log this copy follows: a read shows data only up to here
+    /// (entries applied beyond it could still be taken back by a failover).
+    pub committed: u64,
     /// Bumped each time the database file is replaced by a snapshot: read connections to an older one are stale.
     pub generation: u64,
 }
@@ -112,6 +121,15 @@ pub struct Slave {
     /// The newest epoch this copy is known to agree with: messages from older epochs are a deposed master's.
     epoch: u64,
     lease: HolderLease,
+    /// The master's commit point as last heard (see [`Serving::committed`]).
+    committed: u64,
+    /// The seq the master stood at when it let this slave in: until it has applied that far it may miss a
+    /// committed entry, so it neither stands nor serves.
+    joined_at: u64,
+    /// The number of the master's last message before it let this slave in: every later one must name it.
+    joined_after: u64,
+    /// Whether it stands for election (a `Stand` was sent and no `Withdraw` since).
+    standing: bool,
     generation: u64,
     /// When the next snapshot or join request may go out after a failed one.
     retry_at: Option<Instant>,
@@ -127,6 +145,10 @@ impl Slave {
             db: None,
             epoch: 0,
             lease: HolderLease::new(session),
+            committed: 0,
+            joined_at: 0,
+            joined_after: 0,
+            standing: false,
             generation: 0,
             retry_at: None,
         };
@@ -157,7 +179,7 @@ impl Slave {
     /// What the read server may do. Only an in-sync slave holding a lease serves.
     pub fn serving(&self) -> Serving {
         let lease_until = match self.phase {
-            Phase::InSync { .. } => self.lease.until(),
+            Phase::InSync { .. } if self.caught_up() => self.lease.until(),
             _ => None,
         };
         Serving {
@@ -166,6 +188,7 @@ impl Slave {
                 epoch: self.epoch,
                 seq: self.position().1,
             },
+            committed: self.committed,
             generation: self.generation,
         }
     }
@@ -212,6 +235,9 @@ impl Slave {
                 );
                 self.db = Some(db);
                 self.epoch = snapshot.epoch;
+                // Unknown until the master's next message says: the snapshot may hold an entry a failed round
+                // left uncommitted.
+                self.committed = 0;
                 self.generation += 1;
                 self.phase = Phase::Following;
             }
@@ -243,12 +269,14 @@ impl Slave {
             return Vec::new();
         }
         match answer {
-            Ok(CommandReply::Joined { epoch, seq }) if epoch == self.epoch => {
+            Ok(CommandReply::Joined { epoch, seq, serial }) if epoch == self.epoch => {
                 tracing::info!(seq, applied = self.position().1, "joined the in-sync set");
                 self.phase = Phase::InSync { named: false };
-                // Stand at once: the master may die before its first message naming us, and an in-sync slave
-                // that does not stand could leave the cluster without an election.
-                vec![Effect::Stand]
+                self.joined_at = seq;
+                self.joined_after = serial;
+                // Stand as soon as caught up: the master may die before its first message naming us, and an
+                // in-sync slave that does not stand could leave the cluster without an election.
+                self.stand_if_caught_up()
             }
             other => {
                 tracing::warn!("join refused or unanswered: {other:?}");
@@ -303,9 +331,12 @@ impl Slave {
             }
             tracing::info!(msg_epoch, applied, "following a new master");
             self.epoch = msg_epoch;
+            // A new lineage: what the old master committed, the new one starts from (its epoch start).
+            self.committed = 0;
             if let Phase::InSync { .. } = self.phase {
                 // Its set starts empty: join it.
                 self.phase = Phase::Following;
+                self.standing = false;
                 effects.push(Effect::Withdraw);
             }
         }
@@ -335,6 +366,7 @@ impl Slave {
             effects.extend(self.resync());
             return effects;
         }
+        self.committed = self.committed.max(msg.committed);
         if ackable {
             effects.push(Effect::Ack(SyncAck {
                 worker: self.params.id.clone(),
@@ -345,26 +377,48 @@ impl Slave {
         }
         // The lease is taken only after the entry is applied: a read served under it sees this entry.
         let named = msg.in_sync.contains(&self.params.id);
-        // Not joined (or leaving): a grant is not for us to take.
+        // Not joined (or leaving): a grant is not for us to take. A message published before the join was let in
+        // does not name us yet; one published after it that does not name us means the master dropped us (even
+        // if none ever named us: we must not go on standing for a set we are not in).
         if let Phase::InSync { named: was_named } = self.phase {
+            let after_join = msg.serial > self.joined_after;
             if named {
                 self.phase = Phase::InSync { named: true };
                 let lease = Duration::from_millis(msg.lease_ms);
                 if let Some(grant) = msg.grants.iter().find(|g| g.worker == self.params.id) {
                     self.lease.grant(grant.anchor, lease);
                 }
-            } else if was_named {
+            } else if was_named || after_join {
                 tracing::warn!("no longer in the in-sync set: rejoining");
                 self.lease.revoke();
                 self.phase = Phase::Following;
+                self.standing = false;
                 effects.push(Effect::Withdraw);
             }
+        }
+        if let Phase::InSync { .. } = self.phase {
+            effects.extend(self.stand_if_caught_up());
         }
         effects
     }
 
+    /// Whether this member has applied everything the master had when it let it in.
+    fn caught_up(&self) -> bool {
+        self.position().1 >= self.joined_at
+    }
+
+    /// Stands for election once caught up (and not already standing).
+    fn stand_if_caught_up(&mut self) -> Vec<Effect> {
+        if self.standing || !self.caught_up() {
+            return Vec::new();
+        }
+        self.standing = true;
+        vec![Effect::Stand]
+    }
+
     /// This copy cannot follow the log any more: start over from a snapshot.
     fn resync(&mut self) -> Vec<Effect> {
+        self.standing = false;
         self.lease.revoke();
         self.phase = Phase::CatchingUp { asked: true };
         vec![Effect::Withdraw, Effect::RequestSnapshot]
@@ -373,7 +427,7 @@ impl Slave {
     /// This slave's election turn came (the master is gone and it is the first candidate); the I/O loop has
     /// handed in every message already queued.
     pub fn on_turn(&mut self) -> Vec<Effect> {
-        if !matches!(self.phase, Phase::InSync { .. }) {
+        if !matches!(self.phase, Phase::InSync { .. }) || !self.standing {
             return Vec::new();
         }
         // No read is served while the role changes hands.
@@ -397,12 +451,14 @@ impl Slave {
                     "won the election"
                 );
                 self.phase = Phase::Left;
+                self.standing = false;
                 let db = self.db.take().expect("a copy when in sync");
                 Takeover::Won(Box::new(db), role, vec![Effect::Withdraw])
             }
             Err(TakeoverError::NotInSync) => {
                 tracing::warn!("not taking the master role: not in the in-sync set; rejoining");
                 self.phase = Phase::Following;
+                self.standing = false;
                 Takeover::Lost(vec![Effect::Withdraw])
             }
             Err(e) => {
@@ -419,6 +475,7 @@ impl Slave {
             return Vec::new();
         }
         self.lease.revoke();
+        self.standing = false;
         let applying = self.db.is_some() && self.phase != Phase::Promoting;
         self.phase = Phase::Leaving { applying };
         vec![Effect::Leave]

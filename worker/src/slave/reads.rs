@@ -5,6 +5,8 @@
 //! the copy stands, and which database file is current. Two checks make reads safe:
 //! - **reads never go back in time**: a batch carries the furthest position any read answered so far showed
 //!   (`at_least`); it runs only once this copy stands there, or is handed back;
+//! - **nothing uncommitted**: a batch is answered only once the master's commit point covers the snapshot it
+//!   read, so no read shows a write that a failover could still take back (and that a later read would then miss);
 //! - **no stale read**: the lease is checked *after* the reads ran. If it still holds then, it held while they
 //!   looked at the data, so no write acknowledged before they began can be missing from what they saw.
 
@@ -207,11 +209,26 @@ async fn read_one(
             let generation = serving.borrow().generation;
             let p = pool.clone();
             let res = tokio::task::spawn_blocking(move || p.read(generation, &reads)).await;
-            // Checked after the reads (see the module documentation). The epoch read now is the one of the
-            // data seen, or a later one that continues from it.
+            let res = res.context("read task").and_then(|r| r);
+            // Not before the master has committed everything the reads saw (usually at once; while a round is
+            // out, until its commit notice).
+            if let Ok((seq, _)) = &res {
+                let seq = *seq;
+                let committed = tokio::time::timeout(
+                    CATCH_UP_WAIT,
+                    serving.wait_for(|s| s.committed >= seq || s.generation != generation),
+                )
+                .await;
+                if !committed.is_ok_and(|r| r.is_ok_and(|s| s.committed >= seq)) {
+                    requeue(&d).await;
+                    return;
+                }
+            }
+            // The lease, checked last (see the module documentation). The epoch read now is the one of the data
+            // seen, or a later one that continues from it.
             let now = *serving.borrow();
             let ok = servable(&now, Instant::now()) && now.generation == generation;
-            match res.context("read task").and_then(|r| r) {
+            match res {
                 Ok((seq, replies)) if ok => (
                     ReadPosition {
                         epoch: now.position.epoch,

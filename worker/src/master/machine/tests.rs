@@ -157,11 +157,21 @@ fn a_write_is_answered_only_after_every_member_acknowledged_its_entry() {
     assert!(replies(&effects).is_empty(), "nothing answered yet");
     assert!(!m.ready_for_commands());
 
+    assert_eq!(
+        published(&effects)[0].committed,
+        seqs[0] - 1,
+        "not committed yet"
+    );
     assert!(replies(&m.on_ack(t0 + ms(5), ack("a", seqs[0], 2))).is_empty());
     let effects = m.on_ack(t0 + ms(6), ack("b", seqs[0], 2));
     let answered = replies(&effects);
     assert_eq!(answered.len(), 1);
     assert!(written(&answered[0].1), "{answered:?}");
+    // The commit notice goes out first, unacknowledged, so that slaves may show the write at once.
+    let Effect::Notify(notice) = &effects[0] else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(notice.committed, seqs[0]);
     assert_eq!(effects.last(), Some(&Effect::AckCommands(1)));
     assert!(m.ready_for_commands());
 }
@@ -334,7 +344,9 @@ fn a_join_waits_for_the_round_it_came_with_and_is_named_from_the_next_message() 
             2,
             CommandReply::Joined {
                 epoch: EPOCH,
-                seq: entry
+                seq: entry,
+                // The first heartbeat, the entry and its commit notice went out before.
+                serial: 3,
             }
         )
     );
@@ -448,4 +460,38 @@ fn a_master_that_takes_over_a_set_naming_other_slaves_empties_it_first() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_slave_let_in_behind_what_was_committed_gets_no_lease_and_no_place_in_the_set_until_it_caught_up(
+) {
+    let t0 = Instant::now();
+    let (_d, mut m) = master(t0);
+    admit(&mut m, t0, &["a"]);
+    let effects = m.on_commands(t0, vec![writes(1, &["x"])]).unwrap();
+    let seq = entry_seqs(&effects)[0];
+    m.on_ack(t0, ack("a", seq, 2));
+    // b asks to join standing one entry behind (the join waited in the queue while x was committed).
+    let effects = m.on_commands(t0, vec![join(2, "b", seq - 1, 1)]).unwrap();
+    assert!(
+        effects.contains(&Effect::WriteInSync(vec!["a".into()])),
+        "{effects:?}"
+    );
+    assert_eq!(
+        m.members(),
+        ["a", "b"],
+        "its acknowledgements are waited for"
+    );
+    let effects = m.on_timer(t0 + HEARTBEAT);
+    let msg = published(&effects)[0];
+    assert_eq!(msg.in_sync, ["a", "b"], "named, so it knows it is in");
+    assert!(msg.grants.iter().all(|g| g.worker != "b"), "but no lease");
+    // Once it acknowledged the entry it missed, it is written into the set and granted leases.
+    let effects = m.on_ack(t0 + HEARTBEAT, ack("b", seq, 3));
+    assert_eq!(effects, [Effect::WriteInSync(vec!["a".into(), "b".into()])]);
+    let effects = m.on_timer(t0 + HEARTBEAT * 2);
+    assert!(published(&effects)[0]
+        .grants
+        .iter()
+        .any(|g| g.worker == "b"));
 }

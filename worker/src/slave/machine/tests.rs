@@ -22,6 +22,8 @@ struct Fixture {
     _dir: tempfile::TempDir,
     master: Db,
     epoch: u64,
+    /// The number of the master's last message.
+    serial: std::cell::Cell<u64>,
     slave: Slave,
 }
 
@@ -48,6 +50,7 @@ impl Fixture {
             _dir: dir,
             master,
             epoch: 1,
+            serial: std::cell::Cell::new(0),
             slave,
         }
     }
@@ -73,9 +76,12 @@ impl Fixture {
 
     /// A message of the current master naming `in_sync`, granting `grants`.
     fn msg(&self, kind: SyncKind, in_sync: &[&str], grants: &[(&str, LeaseAnchor)]) -> SyncMessage {
+        self.serial.set(self.serial.get() + 1);
         SyncMessage {
             kind,
+            serial: self.serial.get(),
             epoch_start: 0,
+            committed: self.master.position().1,
             in_sync: in_sync.iter().map(|s| (*s).to_owned()).collect(),
             grants: grants
                 .iter()
@@ -108,6 +114,7 @@ impl Fixture {
         let joined = CommandReply::Joined {
             epoch: self.epoch,
             seq: self.master.position().1,
+            serial: self.serial.get(),
         };
         assert_eq!(self.slave.on_join(now, Ok(joined)), [Effect::Stand]);
         anchor
@@ -165,6 +172,7 @@ fn it_asks_to_join_only_once_nothing_is_waiting_and_stands_once_joined() {
     let joined = CommandReply::Joined {
         epoch: 1,
         seq: next.seq,
+        serial: f.serial.get(),
     };
     assert_eq!(f.slave.on_join(t0, Ok(joined)), [Effect::Stand]);
     assert!(!serves(&f.slave, t0), "joined, but no grant yet");
@@ -356,10 +364,11 @@ fn no_longer_named_after_being_named_it_withdraws_and_rejoins_but_an_early_messa
 {
     let t0 = Instant::now();
     let mut f = Fixture::new();
+    // Published before the master let this slave in (it waited in the queue): it does not name it yet.
+    let early = f.heartbeat(&[], &[]);
     let anchor = f.join(t0);
-    // Published before the master let this slave in: it does not name it yet.
-    let early = f.sync(t0, f.heartbeat(&[], &[]));
-    assert!(!early.contains(&Effect::Withdraw));
+    let effects = f.sync(t0, early);
+    assert!(!effects.contains(&Effect::Withdraw));
     assert_eq!(f.slave.phase(), Phase::InSync { named: false });
     f.sync(t0, f.heartbeat(&[ID], &[(ID, anchor)]));
     assert!(serves(&f.slave, t0));
@@ -367,6 +376,67 @@ fn no_longer_named_after_being_named_it_withdraws_and_rejoins_but_an_early_messa
     assert!(effects.contains(&Effect::Withdraw));
     assert_eq!(f.slave.phase(), Phase::Following);
     assert!(!serves(&f.slave, t0 + ms(5)));
+}
+
+#[test]
+fn dropped_before_any_message_named_it_it_withdraws_as_soon_as_a_later_message_leaves_it_out() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new();
+    f.join(t0);
+    // The master let it in, then dropped it before publishing anything naming it (it was slow to acknowledge).
+    let effects = f.sync(t0, f.heartbeat(&["other"], &[]));
+    assert!(effects.contains(&Effect::Withdraw), "{effects:?}");
+    assert_eq!(f.slave.phase(), Phase::Following);
+}
+
+#[test]
+fn a_slave_let_in_behind_the_master_neither_stands_nor_serves_until_it_has_caught_up() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new();
+    let snapshot = f.snapshot();
+    f.slave.on_snapshot(t0, Ok(snapshot));
+    let requested = f.slave.on_idle(t0);
+    let [Effect::RequestJoin { anchor, .. }] = requested.as_slice() else {
+        panic!("{requested:?}")
+    };
+    let anchor = *anchor;
+    // Meanwhile a write was committed without it; the master lets it in standing at that write's seq.
+    let missed = f.entry("missed");
+    let joined = CommandReply::Joined {
+        epoch: 1,
+        seq: missed.seq,
+        serial: f.serial.get(),
+    };
+    assert!(
+        f.slave.on_join(t0, Ok(joined)).is_empty(),
+        "no candidacy yet"
+    );
+    let grant = f.heartbeat(&[ID], &[(ID, anchor)]);
+    // The heartbeat is ahead of the copy: it resyncs rather than serve without the committed write.
+    assert_eq!(
+        f.sync(t0, grant),
+        [Effect::Withdraw, Effect::RequestSnapshot]
+    );
+
+    // The same, but the entry arrives first: once applied, it stands and serves.
+    let mut f = Fixture::new();
+    let snapshot = f.snapshot();
+    f.slave.on_snapshot(t0, Ok(snapshot));
+    let requested = f.slave.on_idle(t0);
+    let [Effect::RequestJoin { anchor, .. }] = requested.as_slice() else {
+        panic!("{requested:?}")
+    };
+    let anchor = *anchor;
+    let missed = f.entry("missed");
+    let joined = CommandReply::Joined {
+        epoch: 1,
+        seq: missed.seq,
+        serial: f.serial.get(),
+    };
+    f.slave.on_join(t0, Ok(joined));
+    let grant = f.msg(SyncKind::Entry(missed), &[ID], &[(ID, anchor)]);
+    assert!(f.sync(t0, grant).contains(&Effect::Stand));
+    assert!(serves(&f.slave, t0));
 }
 
 #[test]
@@ -400,7 +470,11 @@ fn only_an_in_sync_slave_tries_to_take_over_and_one_not_in_the_set_rejoins() {
     f.slave.on_snapshot(t0, Ok(snapshot));
     assert!(f.slave.on_turn().is_empty(), "not joined: not a candidate");
     f.slave.on_idle(t0);
-    let joined = CommandReply::Joined { epoch: 1, seq: 1 };
+    let joined = CommandReply::Joined {
+        epoch: 1,
+        seq: 1,
+        serial: 0,
+    };
     f.slave.on_join(t0, Ok(joined));
     assert!(matches!(
         f.slave.on_turn().as_slice(),
@@ -431,4 +505,28 @@ fn a_won_takeover_hands_the_database_over() {
     assert_eq!(db.position(), f.master.position());
     assert_eq!(role.epoch, 2);
     assert_eq!(effects, [Effect::Withdraw]);
+}
+
+#[test]
+fn the_commit_point_heard_from_the_master_bounds_what_reads_may_show() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new();
+    f.join(t0);
+    assert_eq!(f.slave.serving().committed, 0, "unknown after a snapshot");
+    let e = f.entry("x");
+    let seq = e.seq;
+    let mut msg = f.msg(SyncKind::Entry(e), &[ID], &[]);
+    msg.committed = seq - 1;
+    f.sync(t0, msg);
+    let serving = f.slave.serving();
+    assert_eq!((serving.position.seq, serving.committed), (seq, seq - 1));
+    // The commit notice nobody acknowledges: no ack, but the commit point moves.
+    let notice = f.heartbeat(&[ID], &[]);
+    assert!(f.slave.on_sync(t0, Ok(notice), false).is_empty());
+    assert_eq!(f.slave.serving().committed, seq);
+    // A commit point heard late never moves it back.
+    let mut old = f.heartbeat(&[ID], &[]);
+    old.committed = 1;
+    f.sync(t0, old);
+    assert_eq!(f.slave.serving().committed, seq);
 }
