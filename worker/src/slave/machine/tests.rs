@@ -389,18 +389,16 @@ fn dropped_before_any_message_named_it_it_withdraws_as_soon_as_a_later_message_l
     assert_eq!(f.slave.phase(), Phase::Following);
 }
 
-#[test]
-fn a_slave_let_in_behind_the_master_neither_stands_nor_serves_until_it_has_caught_up() {
-    let t0 = Instant::now();
-    let mut f = Fixture::new();
+/// A slave caught up from a snapshot asks to join; meanwhile the master commits one more entry without it and
+/// lets it in standing there. Returns the entry it still lacks and its join's anchor.
+fn let_in_one_entry_behind(f: &mut Fixture, now: Instant) -> (LogEntry, LeaseAnchor) {
     let snapshot = f.snapshot();
-    f.slave.on_snapshot(t0, Ok(snapshot));
-    let requested = f.slave.on_idle(t0);
+    f.slave.on_snapshot(now, Ok(snapshot));
+    let requested = f.slave.on_idle(now);
     let [Effect::RequestJoin { anchor, .. }] = requested.as_slice() else {
         panic!("{requested:?}")
     };
     let anchor = *anchor;
-    // Meanwhile a write was committed without it; the master lets it in standing at that write's seq.
     let missed = f.entry("missed");
     let joined = CommandReply::Joined {
         epoch: 1,
@@ -408,9 +406,17 @@ fn a_slave_let_in_behind_the_master_neither_stands_nor_serves_until_it_has_caugh
         serial: f.serial.get(),
     };
     assert!(
-        f.slave.on_join(t0, Ok(joined)).is_empty(),
+        f.slave.on_join(now, Ok(joined)).is_empty(),
         "no candidacy yet"
     );
+    (missed, anchor)
+}
+
+#[test]
+fn a_slave_let_in_behind_the_master_neither_stands_nor_serves_until_it_has_caught_up() {
+    let t0 = Instant::now();
+    let mut f = Fixture::new();
+    let (_, anchor) = let_in_one_entry_behind(&mut f, t0);
     let grant = f.heartbeat(&[ID], &[(ID, anchor)]);
     // The heartbeat is ahead of the copy: it resyncs rather than serve without the committed write.
     assert_eq!(
@@ -420,20 +426,7 @@ fn a_slave_let_in_behind_the_master_neither_stands_nor_serves_until_it_has_caugh
 
     // The same, but the entry arrives first: once applied, it stands and serves.
     let mut f = Fixture::new();
-    let snapshot = f.snapshot();
-    f.slave.on_snapshot(t0, Ok(snapshot));
-    let requested = f.slave.on_idle(t0);
-    let [Effect::RequestJoin { anchor, .. }] = requested.as_slice() else {
-        panic!("{requested:?}")
-    };
-    let anchor = *anchor;
-    let missed = f.entry("missed");
-    let joined = CommandReply::Joined {
-        epoch: 1,
-        seq: missed.seq,
-        serial: f.serial.get(),
-    };
-    f.slave.on_join(t0, Ok(joined));
+    let (missed, anchor) = let_in_one_entry_behind(&mut f, t0);
     let grant = f.msg(SyncKind::Entry(missed), &[ID], &[(ID, anchor)]);
     assert!(f.sync(t0, grant).contains(&Effect::Stand));
     assert!(serves(&f.slave, t0));
