@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use orchestrator::view::ClusterView;
 use orchestrator::ClusterHandle;
 use protocol::{Names, ReadResponse, Statement, Value, WriteResponse};
@@ -594,9 +593,7 @@ impl Cluster {
         routing_key: &str,
         body: &[u8],
     ) -> anyhow::Result<()> {
-        let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ")?;
+        let conn = broker::connect(AMQP_URL, "e2e-raw", broker::CONNECT_TIMEOUT).await?;
         let ch = conn.create_channel().await?;
         ch.basic_publish(
             exchange.into(),

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use e2e::{st, Cluster};
-use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use protocol::queue::{Command, CommandReply};
@@ -39,12 +38,9 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
     let old = c.view().master.expect("master");
 
     // A client of our own, to hand the paused master a write and watch for its answer.
-    let conn = lapin::Connection::connect(
-        "amqp://127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let conn = broker::connect(e2e::AMQP_URL, "e2e-fencing", broker::CONNECT_TIMEOUT)
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let replies = ch
         .queue_declare(
@@ -58,16 +54,11 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
         )
         .await
         .unwrap();
-    let mut answers = ch
-        .basic_consume(
-            replies.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut answers = broker::consume_and_forward(&ch, replies.name().as_str(), no_ack)
         .await
         .unwrap();
 
@@ -109,9 +100,7 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Nothing answered the zombie write with success.
-    while let Ok(Some(Ok(d))) =
-        tokio::time::timeout(Duration::from_millis(500), answers.next()).await
-    {
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), answers.recv()).await {
         let reply: CommandReply = serde_json::from_slice(&d.data).unwrap();
         assert!(
             !matches!(reply, CommandReply::Written(_)),
