@@ -14,6 +14,8 @@
 //! - [`config`]: the command line and environment ([`Config`]).
 //! - [`http`]: routes, handlers, strict JSON bodies, `Idempotency-Key` validation, retries.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
+//! - [`batch`]: concurrent reads and writes gathered into shared broker messages.
+//! - [`floor`]: the read floor, the furthest position any read has shown, so reads never go back in time.
 //! - [`rpc`]: the [`rpc::Rpc`] seam between the handlers and the broker crate's reconnecting RPC client.
 //! - [`view`]: the cached ZooKeeper view ([`view::ClusterView`]) kept fresh by a watch, and removal of a dead
 //!   worker's znodes ([`view::Registry`]).
@@ -29,6 +31,7 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod floor;
 pub mod folders;
 pub mod http;
 pub mod rpc;
