@@ -12,7 +12,9 @@
 //!
 //! Module map:
 //! - [`config`]: the command line and environment ([`Config`]).
-//! - [`http`]: routes, handlers, strict JSON bodies, `Idempotency-Key` validation, retries.
+//! - [`http`]: routes and handlers.
+//! - [`extract`]: strict JSON bodies and `Idempotency-Key` validation.
+//! - [`retry`]: the attempts of one request within its deadline.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
 //! - [`batch`]: concurrent reads and writes gathered into shared broker messages.
 //! - [`floor`]: the read floor, the furthest position any read has shown, so reads never go back in time.
@@ -31,9 +33,11 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod floor;
 pub mod folders;
 pub mod http;
+pub mod retry;
 pub mod rpc;
 pub mod runtime;
 pub mod scaling;
