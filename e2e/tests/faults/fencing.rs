@@ -18,13 +18,6 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped) counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_and_steps_down() {
     let c = Cluster::start(2).await;
@@ -91,7 +84,7 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
 
     signal(old.pid, "-CONT");
     let deadline = tokio::time::Instant::now() + e2e::SETTLE;
-    while alive(old.pid) {
+    while e2e::is_running(old.pid) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the deposed master {} is still running",
