@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use orchestrator::view::ClusterView;
 use orchestrator::ClusterHandle;
 use protocol::{Names, ReadResponse, Statement, Value, WriteResponse};
@@ -140,10 +139,7 @@ fn init_logging() {
 
 /// Whether process `pid` is running (a zombie, dead but not reaped yet, is not).
 pub fn is_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.contains(") Z "),
-        Err(_) => false,
-    }
+    orchestrator::runtime::is_alive(pid)
 }
 
 /// SIGKILLs process `pid` from outside, as a crash would, without telling the orchestrator.
@@ -155,16 +151,17 @@ pub fn sigkill(pid: u32) {
 
 /// The pids of every process running a worker of `namespace` (by its command line).
 fn worker_pids_of(namespace: &str) -> Vec<u32> {
-    let wanted = format!("\0--namespace\0{namespace}\0");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(wanted.len()).any(|w| w == wanted.as_bytes()))
+    all.filter_map(Result::ok)
+        .filter(|p| {
+            p.cmdline().is_ok_and(|args| {
+                args.windows(2)
+                    .any(|w| w[0] == "--namespace" && w[1] == namespace)
+            })
         })
+        .filter_map(|p| u32::try_from(p.pid()).ok())
         .collect()
 }
 
@@ -594,9 +591,7 @@ impl Cluster {
         routing_key: &str,
         body: &[u8],
     ) -> anyhow::Result<()> {
-        let conn = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
-            .await
-            .context("connecting to RabbitMQ")?;
+        let conn = broker::connect(AMQP_URL, "e2e-raw", broker::CONNECT_TIMEOUT).await?;
         let ch = conn.create_channel().await?;
         ch.basic_publish(
             exchange.into(),

@@ -498,7 +498,7 @@ impl Nginx {
     fn assert_running(&self) {
         let pid = self.child.id();
         assert!(
-            Path::new(&format!("/proc/{pid}")).exists(),
+            crate::is_running(pid),
             "nginx (pid {pid}) exited; its log:\n{}",
             self.log()
         );

@@ -11,21 +11,9 @@ use protocol::Names;
 /// already), and the whole gives up after `timeout`.
 pub async fn purge_namespace(amqp_url: &str, zk: &str, names: &Names, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {
-        let props = lapin::ConnectionProperties::default();
-        if let Ok(conn) = lapin::Connection::connect(amqp_url, props).await {
-            if let Ok(ch) = conn.create_channel().await {
-                for queue in [names.write_queue(), names.read_queue()] {
-                    let options = lapin::options::QueueDeleteOptions::default();
-                    let _ = ch.queue_delete(queue.as_str().into(), options).await;
-                }
-                let options = lapin::options::ExchangeDeleteOptions::default();
-                let _ = ch
-                    .exchange_delete(names.sync_exchange().as_str().into(), options)
-                    .await;
-                // Closed before the connection: closing both at once makes lapin log a spurious error.
-                let _ = ch.close(200, "purged".into()).await;
-            }
-            let _ = conn.close(200, "purged".into()).await;
+        if let Ok(connection) = broker::connect(amqp_url, "purge", timeout).await {
+            broker::delete(&connection, names).await;
+            let _ = connection.close(200, "purged".into()).await;
         }
         if let Ok(zk) = zookeeper_client::Client::connect(zk).await {
             delete_tree(&zk, names.zk_root()).await;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::floor::ReadFloor;
 use crate::rpc::Rpc;
 
 /// How requests of one kind travel together.
@@ -27,22 +28,17 @@ pub trait BatchKind: Send + Sync + 'static {
     fn decode(&self, body: &[u8], items: usize) -> Result<Vec<Self::Reply>, String>;
 }
 
-/// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`.
-///
-/// Every read passes through here, so this is where reads are kept from going back in time: each batch asks
-/// for the furthest position any answered read has shown (`floor`), and slaves read only once they stand
-/// there. A slave may serve an entry before the write is acknowledged (the master waits for every slave's
-/// ack); without the floor, a reader could see that entry on one slave, then miss it on another.
+/// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`. Every batch carries the
+/// read floor, and every reply raises it (see [`crate::floor`]).
 #[derive(Default)]
 pub struct Reads {
-    /// `std::sync::Mutex`: held only to read or raise the position, never across an `.await`.
-    floor: std::sync::Mutex<ReadPosition>,
+    floor: ReadFloor,
 }
 
 impl Reads {
     /// The furthest position any read has shown (what the next batch asks for).
     pub fn floor(&self) -> ReadPosition {
-        *self.floor.lock().expect("read floor poisoned")
+        self.floor.get()
     }
 }
 
@@ -62,10 +58,7 @@ impl BatchKind for Reads {
         if reply.replies.len() != items {
             return Err(format!("{} replies to {items} reads", reply.replies.len()));
         }
-        // Raised before any of these replies reaches its caller: a read that starts after one of them ended
-        // asks for at least what it saw.
-        let mut floor = self.floor.lock().expect("read floor poisoned");
-        *floor = (*floor).max(reply.position);
+        self.floor.raise(reply.position);
         Ok(reply.replies)
     }
 }
@@ -245,7 +238,8 @@ mod tests {
     use super::*;
     use crate::rpc::RpcError;
 
-    /// Answers each read batch after a pause, echoing each read's SQL back as its one column; remembers the
+    /// Answers each read batch after a pause (in paused time: it passes as soon as every task waits),
+    /// echoing each read's SQL back as its one column; remembers the
     /// size of every batch.
     #[derive(Default)]
     struct SlowEcho {
@@ -289,7 +283,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn requests_that_wait_for_a_free_slot_leave_together_and_each_gets_its_own_answer() {
         let rpc = Arc::new(SlowEcho::default());
         let batcher = Batcher::start(Reads::default(), rpc.clone(), "q".into(), 1, 64);
@@ -309,7 +303,7 @@ mod tests {
         assert!(batches.len() <= 2, "ten waiting reads went in {batches:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_lone_request_leaves_at_once_in_a_batch_of_one() {
         let rpc = Arc::new(SlowEcho::default());
         let batcher = Batcher::start(Reads::default(), rpc.clone(), "q".into(), 4, 64);
@@ -320,7 +314,7 @@ mod tests {
         assert_eq!(*rpc.batches.lock().unwrap(), vec![1]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_caller_whose_time_ran_out_gets_503() {
         let rpc = Arc::new(SlowEcho::default());
         let batcher = Batcher::start(Reads::default(), rpc, "q".into(), 1, 64);
@@ -332,28 +326,21 @@ mod tests {
     }
 
     #[test]
-    fn each_read_batch_asks_for_the_furthest_position_an_earlier_reply_showed() {
+    fn each_read_batch_asks_for_the_floor_that_earlier_replies_raised() {
         let reads = Reads::default();
         let asked = |reads: &Reads| -> ReadPosition {
             let body = reads.encode(vec![read("q")]).unwrap();
             serde_json::from_slice::<ReadBatch>(&body).unwrap().at_least
         };
-        let reply = |epoch, seq| {
-            serde_json::to_vec(&ReadBatchReply {
-                replies: vec![ReadReply::Rejected { error: "x".into() }],
-                position: ReadPosition { epoch, seq },
-            })
-            .unwrap()
-        };
         assert_eq!(asked(&reads), ReadPosition::default());
-        reads.decode(&reply(2, 7), 1).unwrap();
-        assert_eq!(asked(&reads), ReadPosition { epoch: 2, seq: 7 });
-        // A reply from a copy further behind does not lower it.
-        reads.decode(&reply(2, 3), 1).unwrap();
-        assert_eq!(asked(&reads), ReadPosition { epoch: 2, seq: 7 });
-        // A later epoch is further, whatever its seq (an entry of the old master that no one kept).
-        reads.decode(&reply(3, 5), 1).unwrap();
-        assert_eq!(asked(&reads), ReadPosition { epoch: 3, seq: 5 });
+        let shown = ReadPosition { epoch: 2, seq: 7 };
+        let reply = serde_json::to_vec(&ReadBatchReply {
+            replies: vec![ReadReply::Rejected { error: "x".into() }],
+            position: shown,
+        })
+        .unwrap();
+        reads.decode(&reply, 1).unwrap();
+        assert_eq!(asked(&reads), shown);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The HTTP API: routes, handlers, and the strict JSON body extractor.
+//! The HTTP API: routes and handlers (the strict JSON body and the `Idempotency-Key` are in
+//! [`crate::extract`], the attempts of a request in [`crate::retry`]).
 //!
 //! Handlers read the cluster from the cached ZooKeeper view (never from ZooKeeper itself) to know whether a
 //! worker could answer, and make RPCs to the workers over RabbitMQ. A request that meets a failover (no
@@ -9,10 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::queue::{Command, CommandReply, KeyedWrite, ReadReply};
@@ -20,29 +19,15 @@ use protocol::{Names, ReadRequest, ReadResponse, Role, WorkerInfo, WriteRequest,
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::batch::{Batcher, Reads, Writes};
 use crate::cluster::Control;
 use crate::error::Error;
+pub use crate::extract::{idempotency_key, JsonBody, MAX_BODY_BYTES, MAX_IDEMPOTENCY_KEY_LEN};
+use crate::retry::Attempts;
 use crate::rpc::Rpc;
 use crate::scaling::ReadCounter;
 use crate::view::ClusterView;
-
-/// Largest request body accepted. Above the 64 KiB of the public services: a `db/write` batches the
-/// statements of one service request, and schema creation travels as one write.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Longest `Idempotency-Key` accepted; keys are stored by the master, so they must stay small.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
-
-/// The first pause between two attempts of a request, doubled after each failed one up to the last. Short at
-/// first because a failover started by `crash/master` is over in well under a second; a pause ends early
-/// anyway once the view shows the cluster ready.
-const RETRY_PAUSE_FIRST: Duration = Duration::from_millis(50);
-const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
-/// An attempt is not started with less time than this left before the deadline: it could not succeed.
-const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// What every handler needs; cheap to clone.
 #[derive(Clone)]
@@ -138,10 +123,7 @@ async fn write(
 
 async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     let key = uuid::Uuid::new_v4().to_string();
-    match state
-        .command(Outgoing::Alone(Command::Clear { key }))
-        .await?
-    {
+    match state.command(Outgoing::Clear { key }).await? {
         CommandReply::Written(_) => Ok(Json(Empty {})),
         other => Err(command_failure(other)),
     }
@@ -152,25 +134,20 @@ async fn read(
     JsonBody(request): JsonBody<ReadRequest>,
 ) -> Result<Json<ReadResponse>, Error> {
     state.read_counter.record();
-    let mut retry = Retry::new(state.read_deadline);
-    loop {
-        let outcome = if state.view.borrow().in_sync_members().is_empty() {
-            Err(Error::NoSlaveInSync)
-        } else {
-            let timeout = retry.attempt_timeout(state.request_timeout);
-            state.reads.call(request.clone(), timeout).await
-        };
-        match outcome {
-            Ok(ReadReply::Rows(rows)) => return Ok(Json(rows)),
-            Ok(ReadReply::Rejected { error }) => return Err(Error::BadRequest(error)),
-            Err(e) if e.is_transient() => {
-                if !retry.pause(&state.view, can_read).await {
-                    return Err(e);
-                }
+    let (state, request) = (&state, &request);
+    let rows = state
+        .attempts(state.read_deadline, can_read)
+        .run(|timeout| async move {
+            if state.view.borrow().in_sync_members().is_empty() {
+                return Err(Error::NoSlaveInSync);
             }
-            Err(e) => return Err(e),
-        }
-    }
+            match state.reads.call(request.clone(), timeout).await? {
+                ReadReply::Rows(rows) => Ok(rows),
+                ReadReply::Rejected { error } => Err(Error::BadRequest(error)),
+            }
+        })
+        .await?;
+    Ok(Json(rows))
 }
 
 async fn crash_master(State(state): State<AppState>) -> Result<Json<Vec<u32>>, Error> {
@@ -238,10 +215,11 @@ fn can_read(view: &ClusterView) -> bool {
     !view.in_sync_members().is_empty()
 }
 
-/// A command on its way to the master: a write travels in a batch with others, anything else alone.
+/// A command on its way to the master. Writes always travel in batches (`Command::Writes`), with others;
+/// a clear alone.
 enum Outgoing {
     Write(KeyedWrite),
-    Alone(Command),
+    Clear { key: String },
 }
 
 impl AppState {
@@ -281,45 +259,47 @@ impl AppState {
         }
     }
 
+    /// The attempts of one request within `budget`; pauses end early once the view shows `ready`.
+    fn attempts(&self, budget: Duration, ready: fn(&ClusterView) -> bool) -> Attempts {
+        Attempts {
+            budget,
+            request_timeout: self.request_timeout,
+            view: self.view.clone(),
+            ready,
+        }
+    }
+
     /// Sends a command to the master, retrying the very same command (so the same idempotency key: it applies
     /// at most once however many attempts reach a master) while the failure is transient, until the write
     /// deadline. Returns the first answer that is not `Unavailable`, or the last failure.
     async fn command(&self, command: Outgoing) -> Result<CommandReply, Error> {
-        let body = match &command {
-            Outgoing::Alone(c) => encode(c)?,
+        let clear = match &command {
+            Outgoing::Clear { key } => encode(&Command::Clear { key: key.clone() })?,
             Outgoing::Write(_) => Vec::new(),
         };
         let queue = self.names.write_queue();
-        let mut retry = Retry::new(self.write_deadline);
-        loop {
-            let outcome = if self.view.borrow().master.is_none() {
-                Err(Error::NoMaster)
-            } else {
-                let timeout = retry.attempt_timeout(self.request_timeout);
-                let answer = match &command {
-                    Outgoing::Alone(_) => {
-                        self.call::<CommandReply>(&queue, body.clone(), timeout)
-                            .await
-                    }
-                    Outgoing::Write(w) => self.writes.call(w.clone(), timeout).await,
-                };
-                match answer {
-                    Ok(CommandReply::Unavailable { error }) => Err(Error::Unavailable(
-                        anyhow::anyhow!("the master answered: {error}"),
-                    )),
-                    other => other,
-                }
-            };
-            match outcome {
-                Err(e) if e.is_transient() => {
-                    if !retry.pause(&self.view, can_write).await {
-                        return Err(e);
-                    }
-                    tracing::debug!("retrying a command after: {e}");
-                }
-                other => return other,
+        let (command, clear, queue) = (&command, &clear, &queue);
+        let attempt = |timeout| async move {
+            if self.view.borrow().master.is_none() {
+                return Err(Error::NoMaster);
             }
-        }
+            let answer = match command {
+                Outgoing::Clear { .. } => {
+                    self.call::<CommandReply>(queue, clear.clone(), timeout)
+                        .await
+                }
+                Outgoing::Write(w) => self.writes.call(w.clone(), timeout).await,
+            };
+            match answer {
+                Ok(CommandReply::Unavailable { error }) => Err(Error::Unavailable(
+                    anyhow::anyhow!("the master answered: {error}"),
+                )),
+                other => other,
+            }
+        };
+        self.attempts(self.write_deadline, can_write)
+            .run(attempt)
+            .await
     }
 
     async fn call<Rep: DeserializeOwned>(
@@ -347,56 +327,6 @@ fn encode<T: Serialize>(request: &T) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::Internal(anyhow::anyhow!("encoding a request: {e}")))
 }
 
-/// The attempts of one request: when the next may start, and how long each may wait.
-struct Retry {
-    deadline: Instant,
-    attempts: u32,
-    pause: Duration,
-}
-
-impl Retry {
-    fn new(budget: Duration) -> Self {
-        Self {
-            deadline: Instant::now() + budget,
-            attempts: 0,
-            pause: RETRY_PAUSE_FIRST,
-        }
-    }
-
-    /// How long the next attempt waits for an answer: the request timeout, cut to what is left before the
-    /// deadline for every attempt but the first (so a deadline of 0 means exactly one full attempt).
-    fn attempt_timeout(&mut self, request_timeout: Duration) -> Duration {
-        self.attempts += 1;
-        if self.attempts == 1 {
-            return request_timeout;
-        }
-        request_timeout.min(self.deadline.saturating_duration_since(Instant::now()))
-    }
-
-    /// Waits before another attempt: until the view shows the cluster `ready`, or the current pause has
-    /// passed (for a failure the view cannot show, like a master that died unseen), whichever comes first.
-    /// False when the deadline leaves no room for another attempt.
-    async fn pause(
-        &mut self,
-        view: &watch::Receiver<ClusterView>,
-        ready: fn(&ClusterView) -> bool,
-    ) -> bool {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left < MIN_ATTEMPT * 2 {
-            return false;
-        }
-        let wait = self.pause.min(left - MIN_ATTEMPT);
-        self.pause = (self.pause * 2).min(RETRY_PAUSE_MAX);
-        if ready(&view.borrow()) {
-            tokio::time::sleep(wait).await;
-        } else {
-            let mut view = view.clone();
-            let _ = tokio::time::timeout(wait, view.wait_for(ready)).await;
-        }
-        true
-    }
-}
-
 /// The error for a command reply other than `Written`.
 fn command_failure(reply: CommandReply) -> Error {
     match reply {
@@ -414,65 +344,14 @@ fn command_failure(reply: CommandReply) -> Error {
     }
 }
 
-/// The `Idempotency-Key` header: `None` when absent; 1 to 200 visible ASCII characters (no spaces) when given.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Error> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Error::BadRequest(
-            "more than one Idempotency-Key header".to_owned(),
-        ));
-    }
-    let bytes = value.as_bytes();
-    let valid = (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&bytes.len())
-        && bytes.iter().all(|b| b.is_ascii_graphic());
-    if !valid {
-        return Err(Error::BadRequest(format!(
-            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
-        )));
-    }
-    // Visible ASCII is valid UTF-8.
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-/// A JSON body, parsed strictly (the request types reject unknown fields), with every failure a 400 and a
-/// readable reason. axum's own `Json` answers 415 for a missing content type and 422 for wrong fields;
-/// this one ignores the `Content-Type` header altogether: the body must be JSON whatever the header says.
-pub struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = Error;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| Error::BadRequest(format!("invalid JSON body: {e}")))
-    }
-}
-
-fn body_rejection(rejection: BytesRejection) -> Error {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes"))
-    } else {
-        Error::BadRequest(format!(
-            "unreadable request body: {}",
-            rejection.body_text()
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     use axum::body::Body;
-    use axum::http::{header, HeaderValue, Method};
+    use axum::extract::Request;
+    use axum::http::{header, Method, StatusCode};
     use futures::future::BoxFuture;
     use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
     use protocol::{ErrorBody, StatementResult, Value};
@@ -826,49 +705,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn idempotency_keys_are_validated() {
-        let mut h = HeaderMap::new();
-        assert!(idempotency_key(&h).unwrap().is_none());
-        h.insert("idempotency-key", HeaderValue::from_static("a"));
-        assert_eq!(idempotency_key(&h).unwrap().as_deref(), Some("a"));
-        h.insert(
-            "idempotency-key",
-            HeaderValue::from_str(&"~".repeat(MAX_IDEMPOTENCY_KEY_LEN)).unwrap(),
-        );
-        assert!(idempotency_key(&h).unwrap().is_some());
-        h.append("idempotency-key", HeaderValue::from_static("b"));
-        assert!(idempotency_key(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.insert(
-            "idempotency-key",
-            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
-        );
-        assert!(idempotency_key(&h).is_err());
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_key_of_visible_ascii_up_to_the_limit_is_accepted(key in "[!-~]{1,200}") {
-            let mut h = HeaderMap::new();
-            h.insert("idempotency-key", HeaderValue::from_str(&key).unwrap());
-            proptest::prop_assert_eq!(idempotency_key(&h).unwrap(), Some(key));
-        }
-
-        #[test]
-        fn a_key_with_any_other_byte_is_refused(
-            prefix in "[!-~]{0,50}",
-            suffix in "[!-~]{0,50}",
-            // What a header value may hold besides visible ASCII: space, tab and obs-text.
-            bad in proptest::sample::select([b' ', b'\t'].into_iter().chain(0x80..=0xffu8).collect::<Vec<u8>>()),
-        ) {
-            let bytes = [prefix.as_bytes(), &[bad], suffix.as_bytes()].concat();
-            let mut h = HeaderMap::new();
-            h.insert("idempotency-key", HeaderValue::from_bytes(&bytes).unwrap());
-            proptest::prop_assert!(idempotency_key(&h).is_err());
-        }
-    }
-
     #[tokio::test]
     async fn the_masters_answers_map_to_statuses() {
         let cases = [
@@ -1100,7 +936,7 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_write_the_master_cannot_replicate_is_retried_with_the_same_key_until_it_succeeds() {
         let unavailable = CommandReply::Unavailable {
             error: "0 slave(s) in sync".into(),
@@ -1130,7 +966,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_write_without_a_master_waits_for_one_within_its_deadline() {
         let mut view = healthy_view();
         view.master = None;
@@ -1138,6 +974,7 @@ mod tests {
         let rpc = replying(written());
         let mut state = state(rpc.clone(), rx);
         state.write_deadline = Duration::from_secs(10);
+        // In paused time: the election comes 200 ms into the request, between two of its pauses.
         let elected = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             tx.send_replace(healthy_view());
@@ -1150,7 +987,7 @@ mod tests {
         drop(elected.await.unwrap());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_write_that_keeps_failing_gets_503_at_its_deadline() {
         let (_, rx) = watch::channel(healthy_view());
         let rpc = failing();
@@ -1161,7 +998,8 @@ mod tests {
             send(router(state), Method::POST, "/api/v1/db/write", &[], WRITE).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(rpc.calls.lock().unwrap().len() >= 2);
-        assert!(started.elapsed() < Duration::from_secs(3));
+        // Paused time: exactly the deadline, not whatever a loaded machine adds.
+        assert!(started.elapsed() <= Duration::from_millis(600));
     }
 
     #[tokio::test]
@@ -1178,7 +1016,7 @@ mod tests {
         assert_eq!(rpc.calls.lock().unwrap().len(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_read_waits_for_a_slave_in_sync_within_its_deadline() {
         let mut view = healthy_view();
         view.in_sync.as_mut().unwrap().members.clear();
@@ -1189,6 +1027,7 @@ mod tests {
         }));
         let mut state = state(rpc.clone(), rx);
         state.read_deadline = Duration::from_secs(10);
+        // In paused time: the slave joins 200 ms into the request, between two of its pauses.
         let joined = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             tx.send_replace(healthy_view());

@@ -12,9 +12,13 @@
 //!
 //! Module map:
 //! - [`config`]: the command line and environment ([`Config`]).
-//! - [`http`]: routes, handlers, strict JSON bodies, `Idempotency-Key` validation, retries.
+//! - [`http`]: routes and handlers.
+//! - [`extract`]: strict JSON bodies and `Idempotency-Key` validation.
+//! - [`retry`]: the attempts of one request within its deadline.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
-//! - [`rpc`]: request/reply over RabbitMQ with direct reply-to, and reconnection ([`rpc::AmqpRpc`]).
+//! - [`batch`]: concurrent reads and writes gathered into shared broker messages.
+//! - [`floor`]: the read floor, the furthest position any read has shown, so reads never go back in time.
+//! - [`rpc`]: the [`rpc::Rpc`] seam between the handlers and the broker crate's reconnecting RPC client.
 //! - [`view`]: the cached ZooKeeper view ([`view::ClusterView`]) kept fresh by a watch, and removal of a dead
 //!   worker's znodes ([`view::Registry`]).
 //! - [`cluster`]: the [`ClusterHandle`] that the API and tests use to look at and change the cluster.
@@ -29,8 +33,11 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod extract;
+pub mod floor;
 pub mod folders;
 pub mod http;
+pub mod retry;
 pub mod rpc;
 pub mod runtime;
 pub mod scaling;
@@ -45,7 +52,7 @@ use anyhow::Context;
 use protocol::Names;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use cluster::ClusterHandle;
 pub use config::Config;
@@ -60,23 +67,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// orchestrator would.
 pub struct App {
     state: http::AppState,
-    rpc: rpc::AmqpRpc,
+    rpc: rpc::ReconnectingRpc,
     cluster: ClusterHandle,
-    rpc_task: AbortOnDrop,
+    rpc_task: AbortOnDropHandle<()>,
     /// Held for their drop: they stop with the App.
-    _view_task: AbortOnDrop,
-    _supervisor_task: AbortOnDrop,
-    _scaler_task: AbortOnDrop,
+    _view_task: AbortOnDropHandle<()>,
+    _supervisor_task: AbortOnDropHandle<()>,
+    _scaler_task: AbortOnDropHandle<()>,
     stop_workers_on_shutdown: bool,
-}
-
-/// A task that is stopped when its owner is dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Connects to RabbitMQ and ZooKeeper and starts the supervisor, which brings the cluster to one master and
@@ -84,10 +82,13 @@ impl Drop for AbortOnDrop {
 /// launching new ones.
 pub async fn start(config: Config) -> anyhow::Result<App> {
     let names = Names::new(&config.namespace);
-    let (rpc, rpc_task) = rpc::AmqpRpc::start(&config.amqp_url, &names).await?;
-    let rpc_task = AbortOnDrop(rpc_task);
+    // Named after the namespace, so an operator (or a test) can tell the clusters' connections apart.
+    let connection_name = format!("orchestrator-{}", names.namespace());
+    let (rpc, rpc_task) =
+        rpc::ReconnectingRpc::start(&config.amqp_url, &names, &connection_name).await?;
+    let rpc_task = AbortOnDropHandle::new(rpc_task);
     let (view, registry, view_task) = view::spawn(&config.zk, names.clone()).await?;
-    let view_task = AbortOnDrop(view_task);
+    let view_task = AbortOnDropHandle::new(view_task);
 
     let (exits_tx, exits) = mpsc::unbounded_channel();
     let runtime: Arc<dyn runtime::WorkerRuntime> = match config.worker_runtime {
@@ -151,10 +152,10 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         state,
         rpc,
         cluster,
-        _scaler_task: AbortOnDrop(scaler),
+        _scaler_task: AbortOnDropHandle::new(scaler),
         rpc_task,
         _view_task: view_task,
-        _supervisor_task: AbortOnDrop(supervisor_task),
+        _supervisor_task: AbortOnDropHandle::new(supervisor_task),
         stop_workers_on_shutdown: config.stop_workers_on_shutdown,
     })
 }
@@ -200,7 +201,7 @@ impl App {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.cluster.shutdown(self.stop_workers_on_shutdown).await;
         self.rpc.close();
-        if tokio::time::timeout(CLOSE_TIMEOUT, &mut self.rpc_task.0)
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut self.rpc_task)
             .await
             .is_err()
         {

@@ -334,38 +334,42 @@ impl WorkerRuntime for LocalProcesses {
     }
 }
 
+/// Whether process `pid` is alive: it exists and is not a zombie (dead, not reaped yet).
+pub fn is_alive(pid: u32) -> bool {
+    process(pid)
+        .and_then(|p| p.stat().ok())
+        .is_some_and(|stat| stat.state != 'Z')
+}
+
+fn process(pid: u32) -> Option<procfs::process::Process> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
+}
+
 /// Whether process `pid` is alive (not a zombie) and is the worker `id`: its command line has `--id <id>`.
 /// Worker ids are random, so a process that reused a dead worker's pid does not match.
 pub fn runs_worker(pid: u32, id: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
     // A zombie's command line is empty, so it never matches.
-    has_worker_id(&cmdline, id)
+    process(pid)
+        .and_then(|p| p.cmdline().ok())
+        .is_some_and(|args| has_worker_id(&args, id))
 }
 
-fn has_worker_id(cmdline: &[u8], id: &str) -> bool {
-    let mut args = cmdline.split(|&b| b == 0);
+/// Whether a command line is a worker's with `--id <id>`.
+fn has_worker_id(args: &[String], id: &str) -> bool {
+    let mut args = args.iter();
     while let Some(arg) = args.next() {
-        if arg == b"--id" {
-            return args.next() == Some(id.as_bytes());
+        if arg == "--id" {
+            return args.next().is_some_and(|a| a == id);
         }
     }
     false
 }
 
 fn any_process_runs_worker(id: &str) -> anyhow::Result<bool> {
-    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if runs_worker(pid, id) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let all = procfs::process::all_processes().context("listing /proc")?;
+    Ok(all
+        .filter_map(Result::ok)
+        .any(|p| p.cmdline().is_ok_and(|args| has_worker_id(&args, id))))
 }
 
 #[cfg(test)]
@@ -398,11 +402,7 @@ mod tests {
     }
 
     fn is_running(pid: u32) -> bool {
-        // A reaped process has no /proc entry; a zombie would still have one, with state Z.
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => !stat.contains(") Z "),
-            Err(_) => false,
-        }
+        is_alive(pid)
     }
 
     fn runtime(bin: PathBuf) -> (LocalProcesses, mpsc::UnboundedReceiver<Exited>) {
@@ -521,10 +521,11 @@ mod tests {
 
     #[test]
     fn the_worker_id_is_read_from_the_command_line() {
-        let cmdline = b"/bin/worker\0--id\0w-1\0--data-dir\0/d\0";
-        assert!(has_worker_id(cmdline, "w-1"));
-        assert!(!has_worker_id(cmdline, "w-"));
-        assert!(!has_worker_id(b"/bin/worker\0--id\0", "w-1"));
-        assert!(!has_worker_id(b"", "w-1"));
+        let args = |line: &str| -> Vec<String> { line.split(' ').map(str::to_owned).collect() };
+        let cmdline = args("/bin/worker --id w-1 --data-dir /d");
+        assert!(has_worker_id(&cmdline, "w-1"));
+        assert!(!has_worker_id(&cmdline, "w-"));
+        assert!(!has_worker_id(&args("/bin/worker --id"), "w-1"));
+        assert!(!has_worker_id(&[], "w-1"));
     }
 }

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
 use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
 use protocol::{Names, Role, WorkerInfo};
 use serde::de::DeserializeOwned;
@@ -25,9 +26,16 @@ use zookeeper_client as zk;
 /// most this stale is harmless (it only decides whether to fail fast with 503).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How long to wait for ZooKeeper at start, and between attempts to re-establish an expired session.
+/// How long one attempt to reach ZooKeeper may take, at start and when re-establishing an expired session.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// The pauses between attempts to re-establish an expired session: 100 ms, doubling up to 1 s, without end.
+/// Requests do not wait for ZooKeeper (the view stays as last seen), so there is no budget to fit in; a second
+/// between attempts at most keeps the view's staleness after a ZooKeeper restart short.
+const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(1))
+    .without_max_times();
 
 /// What ZooKeeper says about the cluster, at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -192,28 +200,21 @@ async fn keep_fresh(
         tracing::warn!("ZooKeeper session ended; reconnecting");
         // Until a new session is up the view stays as last seen; ephemeral znodes may have gone meanwhile,
         // which the first full read of the new session corrects. Requests wait for the new session.
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return,
-                _ = tokio::time::sleep(RECONNECT_DELAY) => {}
-            }
-            let attempt = async {
-                let client = connect(&zk_addr, &names).await?;
-                let watcher = client
-                    .watch(&names.zk_root(), zk::AddWatchMode::PersistentRecursive)
-                    .await?;
-                anyhow::Ok((client, watcher))
-            };
-            match attempt.await {
-                Ok((c, w)) => {
-                    client = c;
-                    watcher = w;
-                    resync(&client, &names, &tx).await;
-                    break;
-                }
-                Err(e) => tracing::warn!("reconnecting to ZooKeeper: {e:#}"),
-            }
-        }
+        let attempt = || async {
+            let client = connect(&zk_addr, &names).await?;
+            let watcher = client
+                .watch(&names.zk_root(), zk::AddWatchMode::PersistentRecursive)
+                .await?;
+            anyhow::Ok((client, watcher))
+        };
+        let again = attempt.retry(RECONNECT).notify(|e, pause| {
+            tracing::warn!("reconnecting to ZooKeeper: {e:#}; next attempt in {pause:?}")
+        });
+        (client, watcher) = tokio::select! {
+            _ = tx.closed() => return,
+            session = again => session.expect("RECONNECT retries without end"),
+        };
+        resync(&client, &names, &tx).await;
     }
 }
 

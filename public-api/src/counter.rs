@@ -145,17 +145,19 @@ impl Flusher {
     }
 }
 
+/// Written to a temporary file beside `path`, synced, then renamed over it (`NamedTempFile::persist`), so a
+/// crash leaves the old count or the new one, never half of one.
 fn write_atomically(path: &Path, count: u64) -> anyhow::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec(&CountFile { count })?;
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&body)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    file.write_all(&serde_json::to_vec(&CountFile { count })?)
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("writing {}", file.path().display()))?;
+    file.persist(path)
+        .with_context(|| format!("renaming the new count to {}", path.display()))?;
+    Ok(())
 }
 
 /// Middleware counting every request that reaches it: applied with `route_layer` to the counted routes only,
@@ -192,7 +194,12 @@ mod tests {
         counter.reset();
         counter.flush().unwrap();
         assert_eq!(RequestCounter::load(&data).unwrap().get(), 0);
-        assert!(!data.join("count.json.tmp").exists());
+        // No temporary file left behind.
+        let names: Vec<_> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FILE_NAME]);
     }
 
     #[test]

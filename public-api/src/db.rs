@@ -8,16 +8,20 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use protocol::{ReadRequest, ReadResponse, Statement, Value, WriteRequest, WriteResponse};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-/// First pause before a retry; doubled after each one up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(25);
-/// Longest pause between retries: a failover takes seconds, so retrying faster only adds load.
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// The pauses between retries: 25 ms, doubling up to 500 ms. The orchestrator itself waits out a failover
+/// (see ARCHITECTURE.md, "Retry policy"); what is left to retry here fails fast (an orchestrator restarting
+/// refuses connections), and retrying that faster than every half second only adds load.
+const PAUSES: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(25))
+    .with_max_delay(Duration::from_millis(500))
+    .without_max_times();
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -39,21 +43,24 @@ pub struct DbConfig {
     #[arg(long, env = "RIDESHARE_ORCHESTRATOR_URL", default_value = DbConfig::DEFAULT_URL)]
     pub orchestrator_url: String,
 
-    /// How long one database request may take. Above the orchestrator's own timeout (5 s by default), so
-    /// that it answers 503 (and the request is retried) before this side gives up on it.
+    /// How long one database request may take. Above the orchestrator's whole budget for a request (10 s of
+    /// retries by default, each attempt cut to what is left), so that it answers 503 before this side gives up
+    /// on it: the inner layer gives up first, and says why.
     #[arg(long, env = "RIDESHARE_DB_TIMEOUT_MS", default_value_t = DbConfig::DEFAULT_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub db_timeout_ms: u64,
 
-    /// How long a database request is retried after a 503 or a connection failure before the client gets
-    /// a 503: long enough to ride out a brief hiccup, short enough to answer while the client still waits.
+    /// How long, from its first attempt, a database request is retried after a 503 or a connection failure
+    /// before the client gets a 503: long enough to ride out an orchestrator restart (it refuses connections
+    /// for about a second), short enough that a 503 after the orchestrator's own full budget is passed on
+    /// rather than waited out a second time.
     #[arg(long, env = "RIDESHARE_DB_RETRY_MS", default_value_t = DbConfig::DEFAULT_RETRY_MS)]
     pub db_retry_ms: u64,
 }
 
 impl DbConfig {
     pub const DEFAULT_URL: &'static str = "http://127.0.0.1:8083";
-    pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 12_000;
     pub const DEFAULT_RETRY_MS: u64 = 3_000;
 
     /// The defaults, for tests that start a service against a given orchestrator.
@@ -124,19 +131,17 @@ impl Db {
         body: &Req,
     ) -> Result<Rep, DbError> {
         let deadline = Instant::now() + self.retry_for;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let failure = match self.attempt(url, key, body).await {
-                Attempt::Done(result) => return result,
-                Attempt::Retry(failure) => failure,
-            };
-            if Instant::now() + backoff > deadline {
-                return Err(DbError::Unavailable(failure));
-            }
-            tracing::debug!("retrying {url} in {backoff:?}: {failure:#}");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        let result = (|| self.attempt(url, key, body))
+            .retry(PAUSES)
+            .when(|failure| matches!(failure, Failure::Transient(_)))
+            // No pause that would end past the retry window.
+            .adjust(move |_, pause| pause.filter(|p| Instant::now() + *p <= deadline))
+            .notify(|failure, pause| tracing::debug!("retrying {url} in {pause:?}: {failure:?}"))
+            .await;
+        result.map_err(|failure| match failure {
+            Failure::Final(e) => e,
+            Failure::Transient(e) => DbError::Unavailable(e),
+        })
     }
 
     async fn attempt<Req: Serialize, Rep: DeserializeOwned>(
@@ -144,20 +149,26 @@ impl Db {
         url: &str,
         key: Option<&str>,
         body: &Req,
-    ) -> Attempt<Rep> {
+    ) -> Result<Rep, Failure> {
         let mut request = self.http.post(url).json(body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Attempt::Retry(anyhow::Error::new(e).context(format!("POST {url}"))),
+            Err(e) => {
+                return Err(Failure::Transient(
+                    anyhow::Error::new(e).context(format!("POST {url}")),
+                ))
+            }
         };
         let status = response.status();
         let text = match response.text().await {
             Ok(text) => text,
             Err(e) => {
-                return Attempt::Retry(anyhow::Error::new(e).context(format!("reading {url}")))
+                return Err(Failure::Transient(
+                    anyhow::Error::new(e).context(format!("reading {url}")),
+                ));
             }
         };
         let result = match status {
@@ -171,19 +182,23 @@ impl Db {
             StatusCode::SERVICE_UNAVAILABLE
             | StatusCode::BAD_GATEWAY
             | StatusCode::GATEWAY_TIMEOUT => {
-                return Attempt::Retry(anyhow::anyhow!("{url} answered {status}: {text:.200}"))
+                return Err(Failure::Transient(anyhow::anyhow!(
+                    "{url} answered {status}: {text:.200}"
+                )))
             }
             other => Err(DbError::Unexpected(anyhow::anyhow!(
                 "{url} answered {other}: {text:.200}"
             ))),
         };
-        Attempt::Done(result)
+        result.map_err(Failure::Final)
     }
 }
 
-enum Attempt<T> {
-    Done(Result<T, DbError>),
-    Retry(anyhow::Error),
+/// Why an attempt failed: for good (returned as is), or in a way worth another attempt.
+#[derive(Debug)]
+enum Failure {
+    Final(DbError),
+    Transient(anyhow::Error),
 }
 
 /// Typed access to the cells of a [`ReadResponse`] row; a cell of the wrong type is [`DbError::Unexpected`]

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use protocol::Statement;
 
 use crate::db::{Db, DbError};
@@ -48,19 +49,20 @@ pub async fn create(db: &Db) -> Result<(), DbError> {
     db.write(statements).await.map(|_| ())
 }
 
+/// The pauses between attempts to create the schema at start: 100 ms, doubling up to 2 s, without end. Each
+/// attempt is a whole database request (its own retries included); a service without its schema cannot serve,
+/// so it waits for the orchestrator as long as it takes, and says so in its log.
+const START_PAUSES: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(2))
+    .without_max_times();
+
 /// [`create`], retried until it succeeds: at start the orchestrator may not be up yet. Only a refusal (the
 /// statements themselves are wrong) ends it with an error.
 pub async fn create_when_possible(db: &Db) -> Result<(), DbError> {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match create(db).await {
-            Ok(()) => return Ok(()),
-            Err(DbError::Unavailable(e)) => {
-                tracing::warn!("creating the schema, retrying in {pause:?}: {e:#}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    (|| create(db))
+        .retry(START_PAUSES)
+        .when(|e| matches!(e, DbError::Unavailable(_)))
+        .notify(|e, pause| tracing::warn!("creating the schema, retrying in {pause:?}: {e:#}"))
+        .await
 }

@@ -43,3 +43,11 @@ pub fn error_of(body: &str) -> String {
         .expect("a JSON error")
         .error
 }
+
+/// Parses `args` as the command line of `C` with every `env = "..."` lookup turned off: the defaults a test
+/// looks at are the command line's whatever the environment holds (the test command itself sets `RIDESHARE_*`
+/// variables).
+pub fn parse_without_env<C: clap::Parser>(args: &[&str]) -> Result<C, clap::Error> {
+    let command = C::command().mut_args(|arg| arg.env(None::<&str>));
+    C::from_arg_matches(&command.try_get_matches_from(args)?)
+}

@@ -1,14 +1,15 @@
 //! The typed values of the public API. Each has one constructor that validates, so a value that exists is a
 //! valid one: handlers never re-check a username, a password hash, an area or a timestamp.
 //!
-//! Each also implements `Deserialize` through that constructor, so a request body with an invalid value is
-//! rejected while it is parsed, with the constructor's message.
+//! Each also derives `Deserialize` through that constructor (`#[serde(try_from = ...)]`), so a request body with
+//! an invalid value is rejected while it is parsed, with the constructor's message.
 
 use std::fmt;
 
-use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+use serde::{Deserialize, Serialize, Serializer};
+use time::format_description::StaticFormatDescription;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// Why a value was refused; the message is for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +33,8 @@ fn invalid(message: impl Into<String>) -> InvalidValue {
 /// The dot segments are the only names that cannot be: URL resolution (RFC 3986, section 5.2.4) removes them,
 /// and clients and proxies rewrite `%2E` back to `.` before doing so. Any other character, `/` included,
 /// survives percent-encoding.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Username(String);
 
 impl Username {
@@ -77,16 +79,17 @@ impl Serialize for Username {
     }
 }
 
-impl<'de> Deserialize<'de> for Username {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Username::parse(s).map_err(de::Error::custom)
+impl TryFrom<String> for Username {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(s)
     }
 }
 
 /// A password as the API carries it: the SHA-1 of the password, exactly 40 hexadecimal digits in either case.
 /// Kept in lowercase, so two spellings of one hash are one value.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PasswordHash(String);
 
 impl PasswordHash {
@@ -114,16 +117,17 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
-impl<'de> Deserialize<'de> for PasswordHash {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        PasswordHash::parse(&s).map_err(de::Error::custom)
+impl TryFrom<String> for PasswordHash {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(&s)
     }
 }
 
 /// One of the localities of `AreaNameEnum.csv`, by number: 1 to [`Area::COUNT`]. The services check at start
 /// that the file lists exactly these numbers (see [`crate::areas`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct Area(u8);
 
 impl Area {
@@ -173,35 +177,26 @@ impl Serialize for Area {
 }
 
 /// Accepts a JSON integer (`7`) or a string of digits (`"7"`, also what a query string holds); refuses
-/// fractions (`7.0`), booleans and everything else.
-impl<'de> Deserialize<'de> for Area {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct AreaVisitor;
-        impl Visitor<'_> for AreaVisitor {
-            type Value = Area;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "an area number from 1 to {}", Area::COUNT)
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Area, E> {
-                Area::new(v).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Area, E> {
-                u64::try_from(v)
-                    .map_err(|_| Area::out_of_range())
-                    .and_then(Area::new)
-                    .map_err(E::custom)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Area, E> {
-                Area::parse(v).map_err(E::custom)
-            }
+/// fractions (`7.0`), booleans and everything else, all with the same message.
+impl TryFrom<serde_json::Value> for Area {
+    type Error = InvalidValue;
+    fn try_from(value: serde_json::Value) -> Result<Self, InvalidValue> {
+        match value {
+            serde_json::Value::Number(n) => n.as_u64().map_or(Err(Self::out_of_range()), Self::new),
+            serde_json::Value::String(s) => Self::parse(&s),
+            _ => Err(Self::out_of_range()),
         }
-        d.deserialize_any(AreaVisitor)
     }
 }
 
+/// The contract's layout of a timestamp, `DD-MM-YYYY:SS-MM-HH`, for parsing and for writing.
+const FORMAT: StaticFormatDescription =
+    format_description!("[day]-[month]-[year]:[second]-[minute]-[hour]");
+
 /// A moment in UTC, to the second, written `DD-MM-YYYY:SS-MM-HH` (day-month-year, then seconds-minutes-hours).
 /// Stored as unix seconds, which sort in time order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -229,26 +224,10 @@ impl Timestamp {
                 return Err(malformed());
             }
         }
-        // All ASCII digits where read: these cannot fail to parse.
-        let num =
-            |range: std::ops::Range<usize>| -> u16 { s[range].parse().expect("ASCII digits") };
-        let (day, month, year) = (num(0..2), num(3..5), num(6..10));
-        let (second, minute, hour) = (num(11..13), num(14..16), num(17..19));
-        let month = u8::try_from(month)
-            .ok()
-            .and_then(|m| Month::try_from(m).ok())
-            .ok_or_else(malformed)?;
-        let day = u8::try_from(day).map_err(|_| malformed())?;
-        let date =
-            Date::from_calendar_date(i32::from(year), month, day).map_err(|_| malformed())?;
-        let [hour, minute, second] =
-            [hour, minute, second].map(|n| u8::try_from(n).unwrap_or(u8::MAX));
-        let time = Time::from_hms(hour, minute, second).map_err(|_| malformed())?;
-        Ok(Self(
-            PrimitiveDateTime::new(date, time)
-                .assume_utc()
-                .unix_timestamp(),
-        ))
+        // The shape is checked above (exactly two or four ASCII digits per field, no sign, nothing after);
+        // what is left is the calendar: a day the month has, a time of day that exists.
+        let moment = PrimitiveDateTime::parse(s, FORMAT).map_err(|_| malformed())?;
+        Ok(Self(moment.assume_utc().unix_timestamp()))
     }
 
     /// The current time, truncated to the second.
@@ -275,16 +254,8 @@ impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Every constructor checked that the value is representable with a four-digit year.
         let t = OffsetDateTime::from_unix_timestamp(self.0).expect("a valid timestamp");
-        write!(
-            f,
-            "{:02}-{:02}-{:04}:{:02}-{:02}-{:02}",
-            t.day(),
-            u8::from(t.month()),
-            t.year(),
-            t.second(),
-            t.minute(),
-            t.hour()
-        )
+        let written = t.format(FORMAT).map_err(|_| fmt::Error)?;
+        f.write_str(&written)
     }
 }
 
@@ -294,10 +265,10 @@ impl Serialize for Timestamp {
     }
 }
 
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Timestamp::parse(&s).map_err(de::Error::custom)
+impl TryFrom<String> for Timestamp {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Self::parse(&s)
     }
 }
 

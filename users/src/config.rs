@@ -60,10 +60,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_command_line_defaults() {
-        if std::env::vars().any(|(k, _)| k.starts_with("RIDESHARE_")) {
-            return;
-        }
-        let parsed = Config::try_parse_from(["users"]).unwrap();
+        let parsed: Config = public_api::testing::parse_without_env(&["users"]).unwrap();
         let built = Config::new(DbConfig::DEFAULT_URL, DEFAULT_DATA_DIR);
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
         assert_eq!(parsed.listen.port(), 8081);

@@ -158,6 +158,32 @@ impl Project {
         }
     }
 
+    /// How many lines of `service`'s log so far contain `text`.
+    pub async fn log_lines(&self, service: &str, text: &str) -> usize {
+        let mut logs = tokio::process::Command::from(self.compose());
+        let out = logs
+            .args(["logs", "--no-color", service])
+            .output()
+            .await
+            .expect("docker-compose logs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+
+    /// Waits until `service`'s log holds `n` lines containing `text`.
+    pub async fn wait_for_log_lines(&self, service: &str, text: &str, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.log_lines(service, text).await < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{service} never logged {n} line(s) with {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The host pid of a Compose service's container.
     pub async fn service_pid(&self, service: &str) -> u64 {
         let project = format!("label=com.docker.compose.project={}", self.name);

@@ -191,25 +191,10 @@ async fn read_batch_directly(
     at_least: protocol::queue::ReadPosition,
     wait: std::time::Duration,
 ) -> Option<protocol::queue::ReadBatchReply> {
-    use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-    let conn = lapin::Connection::connect(e2e::AMQP_URL, lapin::ConnectionProperties::default())
+    let conn = broker::connect(e2e::AMQP_URL, "e2e-reads", broker::CONNECT_TIMEOUT)
         .await
         .expect("connecting to RabbitMQ");
-    let ch = conn.create_channel().await.expect("a channel");
-    // Direct reply-to: consumed (without acks) before publishing on the same channel.
-    let mut replies = ch
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .expect("consuming replies");
+    let rpc = broker::RpcChannel::open(&conn).await.expect("a channel");
     let batch = protocol::queue::ReadBatch {
         reads: vec![protocol::ReadRequest {
             sql: "SELECT count(*) FROM t".into(),
@@ -217,24 +202,12 @@ async fn read_batch_directly(
         }],
         at_least,
     };
-    ch.basic_publish(
-        "".into(),
-        c.names.read_queue().as_str().into(),
-        BasicPublishOptions::default(),
-        &serde_json::to_vec(&batch).expect("encoding"),
-        lapin::BasicProperties::default()
-            .with_reply_to("amq.rabbitmq.reply-to".into())
-            .with_expiration(wait.as_millis().to_string().into()),
-    )
-    .await
-    .expect("publishing")
-    .await
-    .expect("confirmed");
-    let reply = tokio::time::timeout(wait, replies.next())
-        .await
-        .ok()
-        .flatten()
-        .map(|d| serde_json::from_slice(&d.expect("a delivery").data).expect("a read batch reply"));
+    let body = serde_json::to_vec(&batch).expect("encoding");
+    let reply = match rpc.call(&c.names.read_queue(), &body, wait).await {
+        Ok(reply) => Some(serde_json::from_slice(&reply).expect("a read batch reply")),
+        Err(broker::RpcError::TimedOut(_)) => None,
+        Err(e) => panic!("reading directly: {e}"),
+    };
     let _ = conn.close(200, "done".into()).await;
     reply
 }

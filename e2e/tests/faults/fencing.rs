@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use e2e::{st, Cluster};
-use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use protocol::queue::{Command, CommandReply, KeyedWrite};
@@ -17,13 +16,6 @@ fn signal(pid: u32, sig: &str) {
         .expect("kill")
         .success();
     assert!(ok, "kill {sig} {pid}");
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped) counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -39,12 +31,9 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
     let old = c.view().master.expect("master");
 
     // A client of our own, to hand the paused master a write and watch for its answer.
-    let conn = lapin::Connection::connect(
-        "amqp://127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let conn = broker::connect(e2e::AMQP_URL, "e2e-fencing", broker::CONNECT_TIMEOUT)
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let replies = ch
         .queue_declare(
@@ -58,16 +47,11 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
         )
         .await
         .unwrap();
-    let mut answers = ch
-        .basic_consume(
-            replies.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut answers = broker::consume_and_forward(&ch, replies.name().as_str(), no_ack)
         .await
         .unwrap();
 
@@ -102,7 +86,7 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
 
     signal(old.pid, "-CONT");
     let deadline = tokio::time::Instant::now() + e2e::SETTLE;
-    while alive(old.pid) {
+    while e2e::is_running(old.pid) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the deposed master {} is still running",
@@ -111,9 +95,7 @@ async fn a_paused_master_that_was_replaced_cannot_apply_or_acknowledge_a_write_a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Nothing answered the zombie write with success.
-    while let Ok(Some(Ok(d))) =
-        tokio::time::timeout(Duration::from_millis(500), answers.next()).await
-    {
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), answers.recv()).await {
         let reply: CommandReply = serde_json::from_slice(&d.data).unwrap();
         let CommandReply::Batch { replies } = &reply else {
             panic!("not an answer to a batch of writes: {reply:?}")

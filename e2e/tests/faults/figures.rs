@@ -123,7 +123,7 @@ async fn read_consumers(ch: &lapin::Channel, c: &Cluster) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement, not a test: about two minutes; run with --ignored --nocapture"]
 async fn figures_time_from_a_scaling_decision_to_the_new_slave_serving_reads() {
-    let broker = lapin::Connection::connect(e2e::AMQP_URL, Default::default())
+    let broker = broker::connect(e2e::AMQP_URL, "e2e-figures", broker::CONNECT_TIMEOUT)
         .await
         .expect("RabbitMQ");
     let ch = broker.create_channel().await.expect("a channel");

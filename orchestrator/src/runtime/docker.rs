@@ -430,12 +430,17 @@ fn prepare_folder(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Written to a temporary file then renamed, so the worker never reads half a number.
+/// Written to a temporary file beside `path` then renamed over it (`NamedTempFile::persist`), so the worker
+/// never reads half a number.
 fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{pid}\n"))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("writing the host pid to {}", path.display()))
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    writeln!(file, "{pid}").with_context(|| format!("writing {}", file.path().display()))?;
+    file.persist(path)
+        .with_context(|| format!("writing the host pid to {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

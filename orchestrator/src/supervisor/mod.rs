@@ -1,0 +1,452 @@
+//! The supervisor: the one task that owns the cluster's desired state (a master and `target` slaves) and
+//! makes the cluster match it. Everything else sends it messages through a [`ClusterHandle`].
+//!
+//! It learns what happens from three sources: the runtime reports every worker process that ends (at once,
+//! for a local process), the ZooKeeper view shows registrations, the master, the in-sync set and the election
+//! candidates, and a tick drives retries and time limits. After each event it *reconciles*:
+//! 1. a worker registered in ZooKeeper that it does not run is adopted if its process is alive (an earlier
+//!    orchestrator started it), or else its stale znodes are removed;
+//! 2. without a master, it leaves the in-sync slaves to elect one; only when none of them is alive (or none
+//!    stands within [`STAND_GRACE`], or they have had [`ELECTION_GRACE`] and failed) does it restore a master
+//!    itself, from the copy of the database that got furthest ([`Folders`]), restarting that worker on its
+//!    own folder. It starts an empty master only when no copy exists at all, so it never forks or drops data;
+//! 3. it starts or retires slaves until there are `target` of them (a master failover leaves one short);
+//! 4. once a healthy master holds everything, it removes the folders of workers that are gone.
+//!
+//! A worker that dies is forgotten in ZooKeeper at once (its znodes removed, see [`Registry::forget`]): the
+//! worker lists stop showing it, and a dead master's election starts without waiting for its session to time
+//! out. Slaves retired by scaling down are stopped on purpose and are not replaced.
+//!
+//! The runtime must see every worker of the namespace (true of local processes): a registered worker it
+//! cannot find is taken for dead.
+//!
+//! One file per decision; where a decision is a pure function of the view, the supervisor's state and the
+//! time, it is one, tested with plain values:
+//! - this file: the task, its event loop and the order of reconciliation, starting a worker;
+//! - [`adopt`]: adopting the workers that run already (after an orchestrator restart);
+//! - [`restore`]: who can elect a master, when the supervisor must provide one itself, and from which copy;
+//! - [`balance`]: starting and retiring slaves until there are `target` of them;
+//! - [`heal`]: a worker gone (forgotten in ZooKeeper, replaced or not), holding starts back after failed ones,
+//!   removing the folders of gone workers;
+//! - [`crash`]: the crash APIs' choice of victim, and killing a worker on request.
+
+mod adopt;
+mod balance;
+mod crash;
+mod heal;
+mod restore;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::Role;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::cluster::{new_worker_id, ClusterHandle, Msg, WorkerTemplate};
+use crate::folders::Folders;
+use crate::runtime::{Exited, WorkerProcess, WorkerRuntime};
+use crate::view::{ClusterView, Registry};
+
+use restore::Electorate;
+pub use restore::{ELECTION_GRACE, STAND_GRACE};
+
+/// How often the supervisor looks again without being told anything: retries and the graces above run on
+/// it, so they end at most this late.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What the supervisor is given at start.
+pub struct Settings {
+    pub template: WorkerTemplate,
+    pub initial_slaves: usize,
+    pub self_healing: bool,
+}
+
+/// A worker the supervisor runs (started or adopted).
+#[derive(Debug, Clone)]
+struct Managed {
+    pid: u32,
+    /// Seen registered in ZooKeeper: it started properly. One that ends before that is a failed start.
+    registered: bool,
+}
+
+/// Why a folder has no worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// Found at start: a worker of an earlier run. May be restarted as a slave on its own id.
+    PreviousRun,
+    /// Its worker died under this supervisor; replaced by a fresh worker, never restarted (except to restore
+    /// a master from it).
+    Died,
+}
+
+/// How a worker left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// Killed by the supervisor (crash API, restoring a master, shutdown).
+    Killed,
+    /// Ended without being killed: a crash, or a retiring slave that stopped.
+    Ended,
+}
+
+struct Supervisor {
+    runtime: Arc<dyn WorkerRuntime>,
+    registry: Registry,
+    view: watch::Receiver<ClusterView>,
+    template: WorkerTemplate,
+    folders: Folders,
+    healing: bool,
+    /// Set once the cluster first has a master. Until then the cluster is brought up (launched, or restored
+    /// from its folders) even without self-healing.
+    booted: bool,
+    target: watch::Sender<usize>,
+    workers: BTreeMap<String, Managed>,
+    /// Slaves being removed by scaling down: their end is not a crash.
+    retiring: BTreeSet<String>,
+    /// A worker started to take the master role, until ZooKeeper shows a master (or it ends).
+    pending_master: Option<String>,
+    /// Dead workers whose znodes could not be removed yet, by id: retried every tick.
+    unforgotten: BTreeMap<String, u32>,
+    /// Folders without a running worker.
+    idle: BTreeMap<String, Idle>,
+    no_master_since: Option<Instant>,
+    /// Starts are held back until then after failed starts.
+    hold_until: Option<Instant>,
+    failed_starts: u32,
+    /// For messages to itself (a retirement's grace running out); weak, so the task still ends when every
+    /// handle is gone.
+    me: mpsc::WeakSender<Msg>,
+}
+
+/// Adopts the running cluster (if any), then spawns the supervisor task. The target is the configured number
+/// of slaves, or more if more are running: an orchestrator restart must not shrink the cluster.
+pub async fn spawn(
+    settings: Settings,
+    runtime: Arc<dyn WorkerRuntime>,
+    exits: mpsc::UnboundedReceiver<Exited>,
+    view: watch::Receiver<ClusterView>,
+    registry: Registry,
+) -> anyhow::Result<(ClusterHandle, JoinHandle<()>)> {
+    // Messages are small and handled quickly; a caller waits for room rather than fails.
+    let (tx, rx) = mpsc::channel(64);
+    let (target, target_rx) = watch::channel(settings.initial_slaves);
+    let folders = Folders::new(&settings.template.data_dir);
+    let mut s = Supervisor {
+        runtime: runtime.clone(),
+        registry,
+        view: view.clone(),
+        template: settings.template,
+        folders,
+        healing: settings.self_healing,
+        booted: false,
+        target,
+        workers: BTreeMap::new(),
+        retiring: BTreeSet::new(),
+        pending_master: None,
+        unforgotten: BTreeMap::new(),
+        idle: BTreeMap::new(),
+        no_master_since: None,
+        hold_until: None,
+        failed_starts: 0,
+        me: tx.downgrade(),
+    };
+    s.adopt_registered().await;
+    let current = s.view.borrow().clone();
+    let running_slaves = s.slaves(&current).len();
+    if running_slaves > settings.initial_slaves {
+        s.target.send_replace(running_slaves);
+    }
+    for id in s.folders.ids()? {
+        if !s.workers.contains_key(&id) {
+            s.idle.insert(id, Idle::PreviousRun);
+        }
+    }
+    tracing::info!(
+        adopted = ?s.workers.keys().collect::<Vec<_>>(),
+        master = ?current.master.as_ref().map(|m| &m.id),
+        folders_without_worker = ?s.idle.keys().collect::<Vec<_>>(),
+        target_slaves = *s.target.borrow(),
+        self_healing = s.healing,
+        "supervisor starting"
+    );
+    let task = tokio::spawn(s.run(rx, exits));
+    Ok((ClusterHandle::new(tx, view, target_rx, runtime), task))
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Msg>,
+        mut exits: mpsc::UnboundedReceiver<Exited>,
+    ) {
+        let mut changes = self.view.clone();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    None => return,
+                    Some(Msg::Shutdown { kill_workers, done }) => {
+                        self.shut_down(kill_workers).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(msg) => self.handle(msg).await,
+                },
+                Some(exit) = exits.recv() => self.on_gone(&exit.id, exit.pid, Gone::Ended).await,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        tracing::error!("the ZooKeeper view stopped; the supervisor stops");
+                        return;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            self.reconcile().await;
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::SetTarget(n) => {
+                let old = self.target.send_replace(n);
+                if old != n {
+                    tracing::info!(from = old, to = n, "target number of slaves changed");
+                }
+            }
+            Msg::AddSlave { done } => {
+                self.target.send_modify(|t| *t += 1);
+                let id = self.reusable_folder().await.unwrap_or_else(new_worker_id);
+                let started = if self.start(id.clone(), Role::Slave).await {
+                    tracing::info!(
+                        worker = %id,
+                        target = *self.target.borrow(),
+                        "slave added on request"
+                    );
+                    Ok(id)
+                } else {
+                    self.target.send_modify(|t| *t -= 1);
+                    Err(anyhow::anyhow!("the slave could not be started"))
+                };
+                let _ = done.send(started);
+            }
+            Msg::Crash { role, done } => {
+                let _ = done.send(self.crash(role).await);
+            }
+            Msg::Kill { id, done } => {
+                let _ = done.send(self.kill(&id).await);
+            }
+            Msg::RetireDue { id, pid } => {
+                let still_running = self.workers.get(&id).is_some_and(|w| w.pid == pid);
+                if still_running && self.retiring.contains(&id) {
+                    tracing::warn!(
+                        worker = %id,
+                        pid,
+                        "retiring slave did not stop in time; killing it"
+                    );
+                    if let Err(e) = self.kill(&id).await {
+                        tracing::error!(worker = %id, "killing a retiring slave: {e:#}");
+                    }
+                }
+            }
+            Msg::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        for (id, pid) in std::mem::take(&mut self.unforgotten) {
+            self.forget(&id, pid).await;
+        }
+        self.adopt_registered().await;
+        let view = self.view.borrow().clone();
+        for (id, w) in &mut self.workers {
+            w.registered |= view.workers.get(id).is_some_and(|r| r.pid == w.pid);
+        }
+        if let Some(master) = &view.master {
+            self.booted = true;
+            if let Some(pending) = self.pending_master.take() {
+                if pending != master.id {
+                    tracing::warn!(
+                        started = %pending,
+                        master = %master.id,
+                        "another worker took the master role"
+                    );
+                }
+            }
+            if self.no_master_since.take().is_some() {
+                tracing::info!(
+                    master = %master.id,
+                    pid = master.pid,
+                    epoch = master.epoch,
+                    "the cluster has a master"
+                );
+            }
+            if !view.in_sync_members().is_empty() {
+                self.failed_starts = 0;
+            }
+        } else if self.no_master_since.is_none() {
+            self.no_master_since = Some(Instant::now());
+            if self.healing && self.pending_master.is_none() {
+                match self.electorate(&view) {
+                    Electorate::Standing | Electorate::NotStanding => {
+                        tracing::info!("no master: waiting for the in-sync slaves to elect one")
+                    }
+                    Electorate::Nobody if self.booted => {
+                        tracing::warn!("no master and no in-sync slave alive to elect one")
+                    }
+                    Electorate::Nobody => tracing::info!("no master yet"),
+                }
+            }
+        }
+        let hands_off = !self.healing && self.booted;
+        if hands_off || self.held() {
+            return;
+        }
+        if self.needs_master(&view) {
+            self.restore_master(&view).await;
+            if self.held() {
+                return;
+            }
+        }
+        self.balance_slaves(&view).await;
+        self.remove_idle_folders(&view).await;
+    }
+
+    /// Starts a worker; false (and starts held back) when it could not be started.
+    async fn start(&mut self, id: String, role: Role) -> bool {
+        let spec = self.template.spec(&id, role);
+        let reused = self.idle.remove(&id);
+        match self.runtime.start(spec).await {
+            Ok(WorkerProcess { id, pid }) => {
+                tracing::info!(
+                    worker = %id,
+                    pid,
+                    ?role,
+                    reused_folder = reused.is_some(),
+                    "started a worker"
+                );
+                if role == Role::Master {
+                    self.pending_master = Some(id.clone());
+                }
+                self.workers.insert(
+                    id,
+                    Managed {
+                        pid,
+                        registered: false,
+                    },
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(worker = %id, ?role, "starting a worker: {e:#}");
+                if let Some(why) = reused {
+                    self.idle.insert(id, why);
+                }
+                self.hold();
+                false
+            }
+        }
+    }
+
+    async fn is_running_anywhere(&self, id: &str) -> bool {
+        match self.runtime.is_running_anywhere(id).await {
+            Ok(running) => running,
+            Err(e) => {
+                // When in doubt, the folder is in use: reusing or removing it is what must not happen.
+                tracing::warn!(worker = %id, "checking whether the worker runs: {e:#}");
+                true
+            }
+        }
+    }
+
+    async fn shut_down(&mut self, kill_workers: bool) {
+        if !kill_workers {
+            tracing::info!(
+                workers = ?self.workers.keys().collect::<Vec<_>>(),
+                "supervisor stopping; the workers keep running"
+            );
+            return;
+        }
+        let running: Vec<(String, u32)> = self
+            .workers
+            .iter()
+            .map(|(id, w)| (id.clone(), w.pid))
+            .collect();
+        tracing::info!(workers = ?running, "supervisor stopping the workers");
+        for (id, pid) in running {
+            match self.runtime.kill(&id).await {
+                Ok(_) => self.on_gone(&id, pid, Gone::Killed).await,
+                Err(e) => tracing::error!(worker = %id, "stopping a worker: {e:#}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fixtures {
+    use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
+
+    use super::*;
+
+    /// A view with `master` (which must be among `workers`), registered `workers` by (id, pid), the in-sync set
+    /// written by that master, and the election's candidates.
+    pub fn view(
+        master: Option<&str>,
+        workers: &[(&str, u32)],
+        in_sync: &[&str],
+        candidates: &[&str],
+    ) -> ClusterView {
+        let pid_of = |id: &str| {
+            workers
+                .iter()
+                .find(|(w, _)| *w == id)
+                .map_or(0, |(_, p)| *p)
+        };
+        ClusterView {
+            master: master.map(|id| MasterRecord {
+                id: id.to_owned(),
+                pid: pid_of(id),
+                epoch: 1,
+            }),
+            in_sync: Some(InSyncSet {
+                epoch: 1,
+                master: master.unwrap_or("gone").to_owned(),
+                members: in_sync.iter().map(|m| (*m).to_owned()).collect(),
+            }),
+            workers: workers
+                .iter()
+                .map(|(id, pid)| {
+                    let record = WorkerRecord {
+                        id: (*id).to_owned(),
+                        pid: *pid,
+                        role: if Some(*id) == master {
+                            Role::Master
+                        } else {
+                            Role::Slave
+                        },
+                        epoch: 1,
+                        applied_seq: 0,
+                    };
+                    ((*id).to_owned(), record)
+                })
+                .collect(),
+            candidates: candidates.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    /// Workers the supervisor runs, by (id, pid), all registered.
+    pub fn managed(workers: &[(&str, u32)]) -> BTreeMap<String, Managed> {
+        workers
+            .iter()
+            .map(|(id, pid)| {
+                let managed = Managed {
+                    pid: *pid,
+                    registered: true,
+                };
+                ((*id).to_owned(), managed)
+            })
+            .collect()
+    }
+}
