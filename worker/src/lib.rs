@@ -15,9 +15,7 @@
 //!   read lease, retiring), its loop, and the read server ([`slave::reads`]).
 //! - [`election`]: standing for election, whose turn it is, and taking the master role over.
 //! - [`coord`]: ZooKeeper: registration, the epoch, the in-sync set and the master's leadership lease.
-//! - [`amqp`]: declaring the queues and the RPC plumbing over RabbitMQ.
 
-pub mod amqp;
 pub mod coord;
 pub mod db;
 pub mod election;
@@ -202,14 +200,16 @@ pub async fn run(
             );
         }
         loop {
-            let amqp = amqp::connect_with_retry(&config.amqp_url, &config.id).await;
+            let amqp =
+                broker::connect_with_backoff(&config.amqp_url, &format!("worker-{}", config.id))
+                    .await;
             let broker_lost = async {
                 while amqp.status().connected() {
                     tokio::time::sleep(BROKER_CHECK).await;
                 }
             };
             let served = async {
-                amqp::declare(&amqp, &names)
+                broker::declare(&amqp, &names)
                     .await
                     .context("declaring queues")?;
                 if role.is_none() {

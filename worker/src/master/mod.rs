@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -22,10 +21,10 @@ use protocol::{Names, Role};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::amqp::{self, DIRECT_REPLY_TO};
 use crate::coord::{Coord, MasterRole};
 use crate::db::Db;
 use crate::Config;
+use broker::DIRECT_REPLY_TO;
 use machine::{Effect, Incoming, Master, Params};
 
 /// How often the master refreshes its registration (its applied seq) in ZooKeeper.
@@ -127,7 +126,13 @@ pub async fn run(
             }
             ack = acks.recv() => {
                 let Some(ack) = ack else { anyhow::bail!("acknowledgement consumer ended") };
-                master.on_ack(now(), ack)
+                match serde_json::from_slice::<SyncAck>(&ack.data) {
+                    Ok(ack) => master.on_ack(now(), ack),
+                    Err(e) => {
+                        tracing::warn!("ignoring an undecodable sync ack: {e}");
+                        continue;
+                    }
+                }
             }
             () = tokio::time::sleep_until(wake) => master.on_timer(now()),
             _ = refresh.tick() => {
@@ -153,7 +158,7 @@ async fn consume_commands(
     names: &Names,
     id: &str,
     epoch: u64,
-) -> anyhow::Result<mpsc::Receiver<Delivery>> {
+) -> anyhow::Result<mpsc::UnboundedReceiver<Delivery>> {
     // Consumer priority = epoch: a deposed master that is merely paused still has a consumer on writeQ, and
     // the broker would otherwise deal it every other command; now it only gets what the current master has no
     // room for.
@@ -162,7 +167,7 @@ async fn consume_commands(
         "x-priority".into(),
         AMQPValue::LongInt(i32::try_from(epoch).unwrap_or(i32::MAX)),
     );
-    let mut consumer = commands
+    let consumer = commands
         .basic_consume(
             names.write_queue().as_str().into(),
             format!("master-{id}").as_str().into(),
@@ -170,52 +175,16 @@ async fn consume_commands(
             priority,
         )
         .await?;
-    let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(async move {
-        while let Some(d) = consumer.next().await {
-            match d {
-                Ok(d) => {
-                    if tx.send(d).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!("writeQ consumer failed: {e}");
-                    break;
-                }
-            }
-        }
-    });
-    Ok(rx)
+    Ok(broker::forward(consumer))
 }
 
-/// Consumes the slaves' acknowledgements (direct reply-to on the sync channel), decoded.
-async fn consume_acks(sync: &Channel) -> anyhow::Result<mpsc::UnboundedReceiver<SyncAck>> {
-    let mut consumer = sync
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            match serde_json::from_slice::<SyncAck>(&d.data) {
-                Ok(ack) => {
-                    if tx.send(ack).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => tracing::warn!("ignoring an undecodable sync ack: {e}"),
-            }
-        }
-    });
-    Ok(rx)
+/// Consumes the slaves' acknowledgements (direct reply-to on the sync channel).
+async fn consume_acks(sync: &Channel) -> anyhow::Result<mpsc::UnboundedReceiver<Delivery>> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    Ok(broker::consume_and_forward(sync, DIRECT_REPLY_TO, options).await?)
 }
 
 impl Io<'_> {
@@ -265,7 +234,7 @@ impl Io<'_> {
                         continue;
                     };
                     let body = serde_json::to_vec(&reply)?;
-                    if let Err(e) = amqp::reply(
+                    if let Err(e) = broker::reply(
                         &self.commands,
                         &to.queue,
                         to.correlation_id.as_deref(),

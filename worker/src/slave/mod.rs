@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -27,11 +26,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::amqp::{self, Rpc};
 use crate::coord::{Coord, MasterRole};
 use crate::db::Db;
 use crate::election::{Election, TakeoverError};
 use crate::Config;
+use broker::RpcChannel;
 use machine::{Effect, Params, Phase, Slave, Takeover};
 
 /// How long a slave waits for a snapshot: a large database takes a while to serialize and ship.
@@ -89,7 +88,8 @@ pub async fn run(
     let queue = names.sync_queue(&config.id);
     let mut log = bind_sync_queue(&sync, &queue, &names.sync_exchange()).await?;
 
-    let rpc = Rpc::new(conn, &names).await?;
+    let rpc = RpcChannel::open(conn).await?;
+    let write_queue = names.write_queue();
     let (serving_tx, serving_rx) = watch::channel(machine::Serving::default());
     let readers = config.readers.max(1);
     let permits = Arc::new(Semaphore::new(readers));
@@ -125,7 +125,7 @@ pub async fn run(
                     };
                     pending = Some((
                         Request::Snapshot,
-                        Box::pin(call(&rpc, cmd, SNAPSHOT_TIMEOUT)),
+                        Box::pin(call(&rpc, &write_queue, cmd, SNAPSHOT_TIMEOUT)),
                     ));
                 }
                 Effect::RequestJoin {
@@ -137,11 +137,14 @@ pub async fn run(
                         applied_seq,
                         anchor,
                     };
-                    pending = Some((Request::Join, Box::pin(call(&rpc, cmd, JOIN_TIMEOUT))));
+                    pending = Some((
+                        Request::Join,
+                        Box::pin(call(&rpc, &write_queue, cmd, JOIN_TIMEOUT)),
+                    ));
                 }
                 Effect::Ack(ack) => {
                     if let (Some(to), Ok(body)) = (&reply_to, serde_json::to_vec(&ack)) {
-                        if let Err(e) = amqp::reply(&sync, to, None, &body).await {
+                        if let Err(e) = broker::reply(&sync, to, None, &body).await {
                             tracing::warn!("sending a sync ack: {e:#}");
                         }
                     }
@@ -163,7 +166,7 @@ pub async fn run(
                     let cmd = Command::Leave {
                         worker: config.id.clone(),
                     };
-                    let leaving = leave(&election, &rpc, cmd, &permits, readers);
+                    let leaving = leave(&election, &rpc, &write_queue, cmd, &permits, readers);
                     pending = Some((Request::Leave, Box::pin(leaving)));
                 }
             }
@@ -269,9 +272,19 @@ async fn next_turn(election: &Election<'_>, failed: Option<anyhow::Error>) -> an
     election.wait_for_turn().await
 }
 
-/// Sends a command to the master and waits for its answer.
-async fn call(rpc: &Rpc, cmd: Command, timeout: Duration) -> Result<CommandReply, String> {
-    rpc.call(&cmd, timeout).await.map_err(|e| format!("{e:#}"))
+/// Sends a command to the master (on `writeQ`) and waits for its answer.
+async fn call(
+    rpc: &RpcChannel,
+    write_queue: &str,
+    cmd: Command,
+    timeout: Duration,
+) -> Result<CommandReply, String> {
+    let body = serde_json::to_vec(&cmd).map_err(|e| e.to_string())?;
+    let reply = rpc
+        .call(write_queue, &body, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&reply).map_err(|e| format!("undecodable reply from the master: {e}"))
 }
 
 /// Retires: lets the reads in flight finish (each checks, after it ran, that it may still answer: it may not,
@@ -279,7 +292,8 @@ async fn call(rpc: &Rpc, cmd: Command, timeout: Duration) -> Result<CommandReply
 /// that cannot leave cleanly is simply dropped after its lease, as a dead one would be.
 async fn leave(
     election: &Election<'_>,
-    rpc: &Rpc,
+    rpc: &RpcChannel,
+    write_queue: &str,
     cmd: Command,
     permits: &Semaphore,
     readers: usize,
@@ -294,7 +308,7 @@ async fn leave(
     if let Err(e) = election.withdraw().await {
         tracing::warn!("withdrawing from the election: {e:#}");
     }
-    call(rpc, cmd, LEAVE_TIMEOUT).await
+    call(rpc, write_queue, cmd, LEAVE_TIMEOUT).await
 }
 
 /// Declares this slave's own queue, binds it to the sync exchange, and forwards what arrives on it.
@@ -321,26 +335,11 @@ async fn bind_sync_queue(
         FieldTable::default(),
     )
     .await?;
-    let mut consumer = sync
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            if tx.send(d).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    Ok(broker::consume_and_forward(sync, queue, options).await?)
 }
 
 /// A session number for this run's lease anchors: random, so no earlier run under the same id shares it.

@@ -28,7 +28,6 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::machine::Serving;
-use crate::amqp;
 use crate::db;
 
 /// How long a read waits for this copy to reach the position the batch asks for before handing it back. An
@@ -249,7 +248,7 @@ async fn read_one(
     let body = serde_json::to_vec(&ReadBatchReply { replies, position });
     if let (Some(to), Ok(body)) = (d.properties.reply_to(), body) {
         let id = d.properties.correlation_id().as_ref().map(|c| c.as_str());
-        if let Err(e) = amqp::reply(ch, to.as_str(), id, &body).await {
+        if let Err(e) = broker::reply(ch, to.as_str(), id, &body).await {
             tracing::warn!("sending a read reply: {e:#}");
         }
     }
