@@ -8,15 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::queue::{
-    Command, CommandReply, KeyedWrite, ReadBatch, ReadBatchReply, ReadPosition, ReadReply,
-};
+use protocol::queue::{Command, CommandReply, KeyedWrite, ReadBatch, ReadBatchReply, ReadReply};
 use protocol::ReadRequest;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::floor::ReadFloor;
 use crate::rpc::Rpc;
 
 /// How requests of one kind travel together.
@@ -28,29 +25,18 @@ pub trait BatchKind: Send + Sync + 'static {
     fn decode(&self, body: &[u8], items: usize) -> Result<Vec<Self::Reply>, String>;
 }
 
-/// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`. Every batch carries the
-/// read floor, and every reply raises it (see [`crate::floor`]).
+/// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`. Nothing is kept between
+/// batches: a slave shows only committed data, under a lease, so reads never go back in time without the
+/// orchestrator remembering what earlier ones saw (which would not survive its restart).
 #[derive(Default)]
-pub struct Reads {
-    floor: ReadFloor,
-}
-
-impl Reads {
-    /// The furthest position any read has shown (what the next batch asks for).
-    pub fn floor(&self) -> ReadPosition {
-        self.floor.get()
-    }
-}
+pub struct Reads;
 
 impl BatchKind for Reads {
     type Item = ReadRequest;
     type Reply = ReadReply;
 
     fn encode(&self, reads: Vec<ReadRequest>) -> serde_json::Result<Vec<u8>> {
-        serde_json::to_vec(&ReadBatch {
-            reads,
-            at_least: self.floor(),
-        })
+        serde_json::to_vec(&ReadBatch { reads })
     }
 
     fn decode(&self, body: &[u8], items: usize) -> Result<Vec<ReadReply>, String> {
@@ -58,7 +44,6 @@ impl BatchKind for Reads {
         if reply.replies.len() != items {
             return Err(format!("{} replies to {items} reads", reply.replies.len()));
         }
-        self.floor.raise(reply.position);
         Ok(reply.replies)
     }
 }
@@ -233,6 +218,7 @@ mod tests {
     use std::sync::Mutex;
 
     use futures::future::BoxFuture;
+    use protocol::queue::ReadPosition;
     use protocol::ReadResponse;
 
     use super::*;
@@ -286,7 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_that_wait_for_a_free_slot_leave_together_and_each_gets_its_own_answer() {
         let rpc = Arc::new(SlowEcho::default());
-        let batcher = Batcher::start(Reads::default(), rpc.clone(), "q".into(), 1, 64);
+        let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
         let calls = (0..10).map(|i| {
             let b = batcher.clone();
             async move { b.call(read(&format!("q{i}")), Duration::from_secs(5)).await }
@@ -306,7 +292,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_request_leaves_at_once_in_a_batch_of_one() {
         let rpc = Arc::new(SlowEcho::default());
-        let batcher = Batcher::start(Reads::default(), rpc.clone(), "q".into(), 4, 64);
+        let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 4, 64);
         batcher
             .call(read("only"), Duration::from_secs(5))
             .await
@@ -317,7 +303,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_caller_whose_time_ran_out_gets_503() {
         let rpc = Arc::new(SlowEcho::default());
-        let batcher = Batcher::start(Reads::default(), rpc, "q".into(), 1, 64);
+        let batcher = Batcher::start(Reads, rpc, "q".into(), 1, 64);
         let err = batcher
             .call(read("slow"), Duration::from_millis(5))
             .await
@@ -326,21 +312,24 @@ mod tests {
     }
 
     #[test]
-    fn each_read_batch_asks_for_the_floor_that_earlier_replies_raised() {
-        let reads = Reads::default();
-        let asked = |reads: &Reads| -> ReadPosition {
-            let body = reads.encode(vec![read("q")]).unwrap();
-            serde_json::from_slice::<ReadBatch>(&body).unwrap().at_least
-        };
-        assert_eq!(asked(&reads), ReadPosition::default());
-        let shown = ReadPosition { epoch: 2, seq: 7 };
+    fn a_read_batch_carries_its_reads_in_order_and_a_reply_of_another_length_is_refused() {
+        let reads = Reads;
+        let body = reads.encode(vec![read("a"), read("b")]).unwrap();
+        let sent: ReadBatch = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            sent.reads
+                .iter()
+                .map(|r| r.sql.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         let reply = serde_json::to_vec(&ReadBatchReply {
             replies: vec![ReadReply::Rejected { error: "x".into() }],
-            position: shown,
+            position: ReadPosition { epoch: 2, seq: 7 },
         })
         .unwrap();
-        reads.decode(&reply, 1).unwrap();
-        assert_eq!(asked(&reads), shown);
+        assert!(reads.decode(&reply, 1).is_ok());
+        assert!(reads.decode(&reply, 2).is_err());
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl AppState {
         timeouts: Timeouts,
     ) -> Self {
         let reads = Batcher::start(
-            Reads::default(),
+            Reads,
             rpc.clone(),
             names.read_queue(),
             READS_IN_FLIGHT,

@@ -17,7 +17,6 @@
 //! - [`retry`]: the attempts of one request within its deadline.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
 //! - [`batch`]: concurrent reads and writes gathered into shared broker messages.
-//! - [`floor`]: the read floor, the furthest position any read has shown, so reads never go back in time.
 //! - [`rpc`]: the [`rpc::Rpc`] seam between the handlers and the broker crate's reconnecting RPC client.
 //! - [`view`]: the cached ZooKeeper view ([`view::ClusterView`]) kept fresh by a watch, and removal of a dead
 //!   worker's znodes ([`view::Registry`]).
@@ -34,7 +33,6 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
-pub mod floor;
 pub mod folders;
 pub mod http;
 pub mod retry;

@@ -195,16 +195,12 @@ pub struct ReadPosition {
 #[serde(deny_unknown_fields)]
 pub struct ReadBatch {
     pub reads: Vec<ReadRequest>,
-    /// The slave reads only once it stands at least here: the furthest position any read answered so far has
-    /// shown, so that no read sees less than an earlier one did (reads never go back in time).
-    #[serde(default)]
-    pub at_least: ReadPosition,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadBatchReply {
     pub replies: Vec<ReadReply>,
-    /// The position of the data the reads saw (an upper bound: never less than what they saw).
+    /// The position of the data the reads saw: committed by the master, so no failover takes it back.
     #[serde(default)]
     pub position: ReadPosition,
 }

@@ -9,6 +9,7 @@ use e2e::{st, Cluster, SETTLE};
 use protocol::Value;
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 /// The table the loads write: one row per acknowledged key.
 pub async fn create_table(c: &Cluster) {
@@ -22,7 +23,8 @@ pub async fn create_table(c: &Cluster) {
 /// either is fine.
 pub struct WriteLoad {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<i64>>>,
+    /// Each acknowledged key, with the moment its acknowledgement arrived.
+    acked: Arc<Mutex<Vec<(Instant, i64)>>>,
     failed: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -48,7 +50,9 @@ impl WriteLoad {
                             )
                             .await;
                         match answer {
-                            Ok((StatusCode::OK, _)) => acked.lock().await.push(k),
+                            Ok((StatusCode::OK, _)) => {
+                                acked.lock().await.push((Instant::now(), k));
+                            }
                             Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => {
                                 failed.fetch_add(1, Ordering::SeqCst);
                             }
@@ -92,12 +96,23 @@ impl WriteLoad {
 
     /// Stops the clients and returns the acknowledged keys, sorted.
     pub async fn finish(self) -> Vec<i64> {
+        let mut keys: Vec<i64> = self
+            .finish_timed()
+            .await
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Stops the clients and returns the acknowledged keys with the moment each acknowledgement arrived.
+    pub async fn finish_timed(self) -> Vec<(Instant, i64)> {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks {
             t.await.expect("a writing client");
         }
-        let mut keys = self.acked.lock().await.clone();
-        keys.sort_unstable();
+        let keys = self.acked.lock().await.clone();
         println!(
             "write load: {} acknowledged, {} unanswered or 503",
             keys.len(),
@@ -197,4 +212,102 @@ impl ReadLoad {
             self.refused.load(Ordering::SeqCst)
         );
     }
+}
+
+/// One successful read of how many rows `t` holds: when it was sent, when its answer came, what it said.
+#[derive(Debug, Clone, Copy)]
+pub struct CountRead {
+    pub sent: Instant,
+    pub answered: Instant,
+    pub rows: i64,
+}
+
+/// Clients counting the rows of `t` in a loop, remembering every answer with its times.
+pub struct CountReads {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<CountRead>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CountReads {
+    pub fn start(c: &Arc<Cluster>, clients: usize) -> CountReads {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (c, stop, history) = (c.clone(), stop.clone(), history.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let sent = Instant::now();
+                        match c.try_read("SELECT count(*) FROM t", vec![]).await {
+                            Ok((StatusCode::OK, body)) => {
+                                let rows = body["rows"][0][0].as_i64().expect("a count");
+                                let answered = Instant::now();
+                                history.lock().await.push(CountRead {
+                                    sent,
+                                    answered,
+                                    rows,
+                                });
+                            }
+                            // Unknown outcome: nothing to check.
+                            Ok((StatusCode::SERVICE_UNAVAILABLE, _)) => {}
+                            Ok((status, body)) => panic!("read: {status} {body}"),
+                            // The orchestrator was being restarted.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                })
+            })
+            .collect();
+        CountReads {
+            stop,
+            history,
+            tasks,
+        }
+    }
+
+    /// Stops the clients and returns every answer.
+    pub async fn finish(self) -> Vec<CountRead> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("a reading client");
+        }
+        let history = self.history.lock().await.clone();
+        history
+    }
+}
+
+/// The reads of a table that only grows are linearizable: each saw at least as many rows as any read that was
+/// answered before it was sent, and at least as many as writes acknowledged before it was sent. Returns how
+/// many reads were checked.
+pub fn assert_reads_never_go_back(reads: &[CountRead], acked: &[(Instant, i64)]) -> usize {
+    let mut by_answer: Vec<&CountRead> = reads.iter().collect();
+    by_answer.sort_by_key(|r| r.answered);
+    let mut by_sending: Vec<&CountRead> = reads.iter().collect();
+    by_sending.sort_by_key(|r| r.sent);
+    let mut acks: Vec<Instant> = acked.iter().map(|(t, _)| *t).collect();
+    acks.sort_unstable();
+    // Sweep the reads in the order they were sent, taking in the answers and acknowledgements that came before.
+    let (mut answered, mut most, mut acknowledged) = (0, 0, 0);
+    for read in by_sending {
+        while answered < by_answer.len() && by_answer[answered].answered < read.sent {
+            most = most.max(by_answer[answered].rows);
+            answered += 1;
+        }
+        while acknowledged < acks.len() && acks[acknowledged] < read.sent {
+            acknowledged += 1;
+        }
+        assert!(
+            read.rows >= most,
+            "a read sent {:?} after the start saw {} rows, but an earlier read had seen {most}",
+            read.sent,
+            read.rows
+        );
+        assert!(
+            read.rows >= acknowledged as i64,
+            "a read saw {} rows, but {acknowledged} writes were acknowledged before it was sent",
+            read.rows
+        );
+    }
+    reads.len()
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use e2e::{is_running, st, Cluster};
 use protocol::Value;
 
-use crate::helpers::{self, ReadLoad, WriteLoad};
+use crate::helpers::{self, CountReads, ReadLoad, WriteLoad};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarting_the_orchestrator_during_a_read_load_leaves_the_workers_untouched_and_reads_resume(
@@ -70,5 +70,24 @@ async fn after_the_whole_system_is_killed_a_new_orchestrator_restores_every_ackn
     assert!(c.worker_list().await.iter().all(|p| !killed.contains(p)));
     c.write_ok(vec![st("INSERT INTO t VALUES (-1)", vec![])])
         .await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_never_go_back_in_time_across_orchestrator_kills() {
+    let c = Arc::new(Cluster::start(2).await);
+    helpers::create_table(&c).await;
+    let writes = WriteLoad::start(&c, 4);
+    let reads = CountReads::start(&c, 4);
+    writes.wait_for_progress(100).await;
+    // Killed twice while reads and writes go on: whatever it knew of earlier reads is lost each time.
+    for _ in 0..2 {
+        c.restart_orchestrator().await;
+        writes.wait_for_progress(100).await;
+    }
+    let acked = writes.finish_timed().await;
+    let history = reads.finish().await;
+    let checked = helpers::assert_reads_never_go_back(&history, &acked);
+    assert!(checked > 100, "only {checked} reads answered");
     c.stop().await;
 }

@@ -3,8 +3,6 @@
 //!
 //! What it may do comes from the slave's state machine through a watch channel ([`Serving`]): the lease, where
 //! the copy stands, and which database file is current. Two checks make reads safe:
-//! - **reads never go back in time**: a batch carries the furthest position any read answered so far showed
-//!   (`at_least`); it runs only once this copy stands there, or is handed back;
 //! - **nothing uncommitted**: a batch is answered only once the master's commit point covers the snapshot it
 //!   read, so no read shows a write that a failover could still take back (and that a later read would then miss);
 //! - **no stale read**: the lease is checked *after* the reads ran. If it still holds then, it held while they
@@ -30,10 +28,10 @@ use tokio::time::Instant;
 use super::machine::Serving;
 use crate::db;
 
-/// How long a read waits for this copy to reach the position the batch asks for before handing it back. An
-/// in-sync slave is at most a few entries behind another (they apply the same entries as they are published),
-/// so the wait is short; a copy still behind after this long lets another slave try.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+/// How long a read waits for the master's commit point to cover what it read before handing the batch back.
+/// The commit notice of a round follows its last acknowledgement at once, so the wait is usually a round trip;
+/// one still uncommitted after this long belongs to a master that is failing, and another slave may try.
+const COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Pause after `readQ` could not be consumed, before trying again.
 const CONSUME_RETRY: Duration = Duration::from_millis(200);
@@ -193,15 +191,8 @@ async fn read_one(
             serving.borrow().position,
             vec![ReadReply::Rejected { error }],
         ),
-        Ok(ReadBatch { reads, at_least }) => {
-            // Reads never go back in time: not before this copy has what an earlier read has seen.
-            let ready = tokio::time::timeout(
-                CATCH_UP_WAIT,
-                serving.wait_for(|s| s.position >= at_least || !servable(s, Instant::now())),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok_and(|s| s.position >= at_least));
-            if !ready || !servable(&serving.borrow(), Instant::now()) {
+        Ok(ReadBatch { reads }) => {
+            if !servable(&serving.borrow(), Instant::now()) {
                 requeue(&d).await;
                 return;
             }
@@ -214,7 +205,7 @@ async fn read_one(
             if let Ok((seq, _)) = &res {
                 let seq = *seq;
                 let committed = tokio::time::timeout(
-                    CATCH_UP_WAIT,
+                    COMMIT_WAIT,
                     serving.wait_for(|s| s.committed >= seq || s.generation != generation),
                 )
                 .await;
