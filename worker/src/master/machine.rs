@@ -27,7 +27,8 @@ use protocol::queue::{
     Command, CommandReply, LeaseAnchor, LeaseGrant, SyncAck, SyncKind, SyncMessage,
 };
 
-use crate::db::{Db, Job, Outcome};
+use super::round::{Join, Round, Shape, Writes};
+use crate::db::{Db, Job};
 
 /// The master's settings (see the worker's `Config` for why each has its value).
 #[derive(Debug, Clone, Copy)]
@@ -76,59 +77,6 @@ struct Member {
     anchor: (LeaseAnchor, Instant),
     /// Until when this master counts the leases it granted as held; `None` before the first grant.
     lease_end: Option<Instant>,
-}
-
-/// How a delivery's jobs are answered.
-#[derive(Debug, Clone, Copy)]
-enum Shape {
-    /// `Command::Writes`: one `Batch` reply for its `n` jobs.
-    Batch(usize),
-    /// `Command::Clear`: one reply.
-    Single,
-}
-
-/// A join that waits for the end of the round it came in.
-#[derive(Debug)]
-struct Join {
-    tag: u64,
-    worker: String,
-    applied_seq: u64,
-    anchor: LeaseAnchor,
-    heard: Instant,
-}
-
-/// What became of a round's writes.
-#[derive(Debug)]
-enum Writes {
-    /// They ran: one outcome each, in order.
-    Ran(Vec<Outcome>),
-    /// Too few members when the round began: none ran, each is answered `Unavailable` with this reason.
-    Refused { count: usize, error: String },
-}
-
-/// A batch of commands under way.
-#[derive(Debug)]
-struct Round {
-    writes: Writes,
-    deliveries: Vec<(u64, Shape)>,
-    joins: Vec<Join>,
-    last_tag: u64,
-    /// The last seq the round published; `None` when it published nothing.
-    seq: Option<u64>,
-    /// When members that have not acknowledged `seq` are given up on.
-    deadline: Instant,
-}
-
-impl Round {
-    /// Whether the round would acknowledge a write: then it waits for the previous master's leases.
-    fn acknowledges(&self) -> bool {
-        match &self.writes {
-            Writes::Ran(outcomes) => outcomes
-                .iter()
-                .any(|o| matches!(o, Outcome::Applied(_) | Outcome::Duplicate(_))),
-            Writes::Refused { .. } => false,
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -538,8 +486,10 @@ impl Master {
 
     /// Answers a round whose entries are acknowledged (or given up on), lets its joins in, and acknowledges its
     /// deliveries.
-    fn finish(&mut self, round: Round, effects: &mut Vec<Effect>) {
+    fn finish(&mut self, mut round: Round, effects: &mut Vec<Effect>) {
         let seq = self.seq();
+        let joins = std::mem::take(&mut round.joins);
+        let last_tag = round.last_tag;
         if self.members.len() >= self.params.min_in_sync {
             let lowest = self
                 .members
@@ -554,39 +504,11 @@ impl Master {
             // Before the answers: a reader who heard of the write is then likely to find it shown at once.
             effects.push(self.commit_notice());
         }
-        let answers: Vec<CommandReply> = match round.writes {
-            Writes::Refused { count, error } => {
-                vec![CommandReply::Unavailable { error }; count]
-            }
-            Writes::Ran(outcomes) => outcomes
-                .into_iter()
-                .map(|outcome| match outcome {
-                    Outcome::Applied(r) | Outcome::Duplicate(r) if r.seq <= replicated => {
-                        CommandReply::Written(r)
-                    }
-                    Outcome::Applied(_) | Outcome::Duplicate(_) => CommandReply::Unavailable {
-                        error: "the write could not be replicated to enough slaves in time; \
-                                retry with the same Idempotency-Key"
-                            .into(),
-                    },
-                    Outcome::Rejected(error) => CommandReply::Rejected { error },
-                })
-                .collect(),
-        };
-        let mut replies = answers.into_iter();
-        for (tag, shape) in round.deliveries {
-            let reply = match shape {
-                Shape::Single => replies.next(),
-                Shape::Batch(n) => Some(CommandReply::Batch {
-                    replies: replies.by_ref().take(n).collect(),
-                }),
-            };
-            if let Some(reply) = reply {
-                effects.push(Effect::Reply(tag, reply));
-            }
+        for (tag, reply) in round.answers(replicated) {
+            effects.push(Effect::Reply(tag, reply));
         }
         let mut joined = Vec::new();
-        for join in &round.joins {
+        for join in &joins {
             if !self.members.contains_key(&join.worker) {
                 tracing::info!(worker = %join.worker, applied_seq = join.applied_seq, seq, "slave joins the in-sync set");
                 self.members.insert(
@@ -602,7 +524,7 @@ impl Master {
             }
             joined.push(join.tag);
         }
-        if !round.joins.is_empty() {
+        if !joins.is_empty() {
             effects.push(Effect::WriteInSync(self.electable()));
         }
         for tag in joined {
@@ -615,7 +537,7 @@ impl Master {
                 },
             ));
         }
-        effects.push(Effect::AckCommands(round.last_tag));
+        effects.push(Effect::AckCommands(last_tag));
         self.stage = Stage::Idle;
     }
 }

@@ -6,6 +6,7 @@
 //! out the effects it returns, in order, against RabbitMQ and ZooKeeper.
 
 pub mod machine;
+mod round;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
