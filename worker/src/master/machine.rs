@@ -500,12 +500,14 @@ impl Master {
             self.replicated_seq = self.replicated_seq.max(lowest.min(seq));
         }
         let replicated = self.replicated_seq;
-        if round.seq.is_some_and(|s| s <= replicated) {
-            // Before the answers: a reader who heard of the write is then likely to find it shown at once.
-            effects.push(self.commit_notice());
-        }
+        let committed = round.seq.is_some_and(|s| s <= replicated);
         for (tag, reply) in round.answers(replicated) {
             effects.push(Effect::Reply(tag, reply));
+        }
+        if committed {
+            // Right after the answers (not before: the writer does not wait for it), and ahead of any read the
+            // writer sends next, which travels through the orchestrator first.
+            effects.push(self.commit_notice());
         }
         let mut joined = Vec::new();
         for join in &joins {
