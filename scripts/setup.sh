@@ -15,6 +15,9 @@ set -euo pipefail
 #   wrk                    HTTP load generation for ad-hoc benchmarks
 #   curl, ca-certificates  health checks, and fetching rustup when Rust is missing
 #   debootstrap            the base image of the Docker images, on a machine that cannot pull it
+#   iproute2, iptables     the fault suite's hosts: network namespaces, a bridge, cuts between hosts, netem
+#   libfaketime            the fault suite's per-host wall clocks (offsets and steps; monotonic clocks untouched)
+#   socat                  the fault suite's own test of its hosts (a listener on one host)
 #   docker.io, docker-compose   when Docker is missing: the engine and Compose for the container images and test
 PACKAGES=(
     rabbitmq-server
@@ -27,6 +30,10 @@ PACKAGES=(
     curl
     ca-certificates
     debootstrap
+    iproute2
+    iptables
+    libfaketime
+    socat
 )
 # The containers (scripts/docker-build.sh, the Compose test): Debian's Docker engine and docker-compose 1.29, but
 # only on a machine with no Docker at all (one with Docker's own packages keeps them; the two conflict).
