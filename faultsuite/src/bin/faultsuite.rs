@@ -1,0 +1,115 @@
+//! `faultsuite`: one seeded run of the fault suite against the real system on hosts of its own (needs root).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use faultsuite::nemesis::{ClockBounds, Fault};
+use faultsuite::run::{self, Settings};
+use faultsuite::workload::Registers;
+
+/// Runs the database service across simulated hosts under a seeded nemesis, records what the clients saw,
+/// checks it, and writes a report.
+#[derive(Debug, Parser)]
+#[command(name = "faultsuite", version)]
+struct Args {
+    /// How long the clients and the nemesis run, in seconds.
+    #[arg(long, default_value_t = 120)]
+    seconds: u64,
+    /// The seed of the schedule: the same seed gives the same faults in the same order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the run's folder (history, report, logs) is made.
+    #[arg(long, default_value = "target/faultsuite")]
+    out: PathBuf,
+    /// The folder of the `worker` and `orchestrator` binaries [default: this program's own].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Hosts for workers (one worker per host).
+    #[arg(long, default_value_t = 4)]
+    worker_hosts: usize,
+    #[arg(long, default_value_t = 2)]
+    slaves: usize,
+    /// Register clients.
+    #[arg(long, default_value_t = 5)]
+    clients: u64,
+    /// Registers (keys).
+    #[arg(long, default_value_t = 8)]
+    keys: u64,
+    /// A pause between one client's operations, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    think_ms: u64,
+    /// The faults to draw from, by name [default: all of them].
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<String>,
+    /// Each host's wall clock starts up to this far ahead or behind, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    max_clock_offset_ms: i64,
+    /// A clock step moves a host's wall clock by up to this much, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    max_clock_step_ms: i64,
+    /// Which /24 of 10.77.0.0/16 the hosts use (runs side by side need different ones).
+    #[arg(long, default_value_t = 150)]
+    subnet: u8,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let faults = if args.faults.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        args.faults
+            .iter()
+            .map(|name| {
+                Fault::parse(name).ok_or_else(|| anyhow::anyhow!("no fault named {name:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => run::own_bin_dir()?,
+    };
+    anyhow::ensure!(
+        run::binaries_present(&bin_dir),
+        "no worker and orchestrator binaries in {} (cargo build --bins first)",
+        bin_dir.display()
+    );
+    let settings = Settings {
+        duration: Duration::from_secs(args.seconds),
+        seed: args.seed,
+        out: args.out,
+        bin_dir,
+        worker_hosts: args.worker_hosts,
+        slaves: args.slaves,
+        registers: Registers {
+            clients: args.clients,
+            keys: args.keys,
+            think: Duration::from_millis(args.think_ms),
+        },
+        faults,
+        clock: ClockBounds {
+            max_offset_ms: args.max_clock_offset_ms,
+            max_step_ms: args.max_clock_step_ms,
+        },
+        window: (Duration::from_secs(3), Duration::from_secs(10)),
+        quiet: (Duration::from_secs(2), Duration::from_secs(5)),
+        recovery: Duration::from_secs(60),
+        subnet: args.subnet,
+    };
+    let outcome = run::run(settings).await?;
+    println!(
+        "{} operations, {} faults; recovered {:?} after the last heal; history in {}",
+        outcome.history.ops.len(),
+        outcome.history.faults.len(),
+        outcome.recovered_after,
+        outcome.dir.display()
+    );
+    Ok(())
+}
