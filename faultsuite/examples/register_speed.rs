@@ -1,5 +1,6 @@
 //! How long the register checker takes on a simulated history:
-//! `cargo run --release -p faultsuite --example register_speed -- --ops 20000 --keys 20 --clients 5`.
+//! `cargo run --release -p faultsuite --example register_speed -- --ops 20000 --keys 20 --clients 5`
+//! (`--help` for the rest: unknown share, repeated values, a corrupted read, saving the history).
 
 use std::time::Instant;
 
@@ -27,6 +28,9 @@ struct Config {
     /// Make the first answered read after the middle of the history show a value never written.
     #[arg(long)]
     corrupt: bool,
+    /// Also save the history here (JSON lines), for `faultsuite-check`.
+    #[arg(long)]
+    save: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -54,6 +58,9 @@ fn main() {
                 outcome: Outcome::Ok(Some(-42)),
             };
         }
+    }
+    if let Some(path) = &config.save {
+        history.save(path).expect("saving the history");
     }
     let unknown = history
         .ops

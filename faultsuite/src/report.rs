@@ -147,9 +147,10 @@ pub fn text(history: &History, analysis: &Analysis) -> String {
     for fault in &availability.faults {
         let _ = writeln!(
             out,
-            "  {} ({} windows): first ok after the heal (min / median / max): reads {}, writes {}",
+            "  {} ({} window{}): first ok after the heal (min / median / max): reads {}, writes {}",
             fault.name,
             fault.windows,
+            if fault.windows == 1 { "" } else { "s" },
             spread(&fault.recovery.read),
             spread(&fault.recovery.write)
         );
@@ -385,6 +386,8 @@ fn latency_chart(history: &History, kind: Kind) -> Markup {
         .map(|i| f64::from(i) * step)
         .take_while(|&t| t <= plot.end)
         .collect();
+    // As many decimals as the step has, so that 0.6 does not print as 0.6000000000000001.
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
     let fmt = |v: f64| format!("{v:.1}");
     html! {
         svg xmlns="http://www.w3.org/2000/svg" width="900" height="270" viewBox="0 0 900 270" class="latency" {
@@ -402,7 +405,7 @@ fn latency_chart(history: &History, kind: Kind) -> Markup {
             @for t in &ticks {
                 @let x = plot.x(Duration::from_secs_f64(*t));
                 line class="axis" x1=(fmt(x)) x2=(fmt(x)) y1=(fmt(bottom)) y2=(fmt(bottom + 4.0)) {}
-                text x=(fmt(x - 8.0)) y=(fmt(bottom + 16.0)) { (format!("{t}s")) }
+                text x=(fmt(x - 8.0)) y=(fmt(bottom + 16.0)) { (format!("{t:.decimals$}s")) }
             }
             line class="axis" x1=(fmt(plot.left)) x2=(fmt(plot.left + plot.width)) y1=(fmt(bottom)) y2=(fmt(bottom)) {}
             line class="axis" x1=(fmt(plot.left)) x2=(fmt(plot.left)) y1=(fmt(plot.top)) y2=(fmt(bottom)) {}

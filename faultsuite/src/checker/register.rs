@@ -99,7 +99,7 @@ pub struct KeyCheck {
     /// How many of those had an unknown outcome.
     pub unknown: usize,
     pub verdict: Verdict,
-    /// Configurations the verdict's search remembered.
+    /// Configurations remembered by every search made for this key: the whole history's and its windows'.
     pub states: usize,
     /// Time for the verdict, and for the failing window when there is one.
     pub elapsed: Duration,
@@ -154,7 +154,7 @@ fn check_key(history: &History, key: Key, ops: &[RegOp], limits: &Limits) -> Key
         // fails, for a fraction of what searching everything before it costs.
         Found::GaveUp(reason) => match windows.scan() {
             Some(span) => Ok(Some(windows.shrink(span))),
-            None => Err(reason),
+            None => Err(format!("{reason}; no short window fails either")),
         },
     };
     let verdict = match failing {
