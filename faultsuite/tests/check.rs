@@ -16,49 +16,63 @@ fn check(history: &Path, report: &Path) -> Output {
         .expect("running faultsuite-check")
 }
 
-fn saved(history: &History, dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("history.jsonl");
-    history.save(&path).unwrap();
-    path
+/// What `faultsuite-check` printed and exited with on the history once saved, and the report it wrote.
+struct Checked {
+    code: Option<i32>,
+    stdout: String,
+    report: String,
 }
 
-#[test]
-fn a_saved_linearizable_history_is_reported_valid_and_exits_zero() {
+fn check_saved(history: &History) -> Checked {
     let dir = tempfile::tempdir().unwrap();
-    let mut history = register_history(
+    let (path, report) = (
+        dir.path().join("history.jsonl"),
+        dir.path().join("report.html"),
+    );
+    history.save(&path).unwrap();
+    let output = check(&path, &report);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    Checked {
+        code: output.status.code(),
+        stdout,
+        report: std::fs::read_to_string(&report).unwrap_or_default(),
+    }
+}
+
+fn simulated(seed: u64) -> History {
+    register_history(
         &RegisterWorkload {
             ops: 2_000,
             keys: 4,
             ..RegisterWorkload::default()
         },
-        11,
-    );
+        seed,
+    )
+}
+
+#[test]
+fn a_saved_linearizable_history_is_reported_valid_and_exits_zero() {
+    let mut history = simulated(11);
     let end = history.end();
     history.faults.push(Fault {
         name: "partition".into(),
         started: end / 4,
         healed: end / 2,
     });
-    let report = dir.path().join("report.html");
-    let output = check(&saved(&history, dir.path()), &report);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("overall: valid"), "{stdout}");
-    let page = std::fs::read_to_string(&report).unwrap();
-    assert_eq!(page.matches("<circle").count(), history.ops.len());
+    let checked = check_saved(&history);
+    assert_eq!(checked.code, Some(0), "{}", checked.stdout);
+    assert!(
+        checked.stdout.contains("overall: valid"),
+        "{}",
+        checked.stdout
+    );
+    assert_eq!(checked.report.matches("<circle").count(), history.ops.len());
 }
 
 #[test]
-fn a_saved_history_with_a_stale_read_is_reported_with_its_window_and_exits_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut history = register_history(
-        &RegisterWorkload {
-            ops: 2_000,
-            keys: 4,
-            ..RegisterWorkload::default()
-        },
-        12,
-    );
+fn a_saved_history_with_a_read_of_a_value_never_written_is_reported_with_its_window_and_exits_one()
+{
+    let mut history = simulated(12);
     let read = history.ops.iter_mut().rev().find(|op| {
         matches!(
             op.op,
@@ -70,17 +84,14 @@ fn a_saved_history_with_a_stale_read_is_reported_with_its_window_and_exits_one()
     read.unwrap().op = Op::Read {
         outcome: Outcome::Ok(Some(-1)),
     };
-    let report = dir.path().join("report.html");
-    let output = check(&saved(&history, dir.path()), &report);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let checked = check_saved(&history);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
     assert!(
-        stdout.contains("NOT linearizable") && stdout.contains("read = -1"),
-        "{stdout}"
+        checked.stdout.contains("NOT linearizable") && checked.stdout.contains("read = -1"),
+        "{}",
+        checked.stdout
     );
-    assert!(std::fs::read_to_string(&report)
-        .unwrap()
-        .contains("smallest failing window"));
+    assert!(checked.report.contains("smallest failing window"));
 }
 
 #[test]
