@@ -512,6 +512,12 @@ proptest! {
     #[test]
     fn the_checker_agrees_with_trying_every_order_on_small_histories(history in small_histories()) {
         let expected = if linearizable_by_brute_force(&history) { Validity::Valid } else { Validity::Invalid };
-        prop_assert_eq!(check(&history, &Limits::default()).validity(), expected, "{:?}", history.ops);
+        let report = check(&history, &Limits::default());
+        prop_assert_eq!(report.validity(), expected, "{:?}", history.ops);
+        // And the failing window's operations, on their own, fail too.
+        if let Some(Verdict::NotLinearizable { window }) = report.keys.first().map(|key| &key.verdict) {
+            let ops = window.ops.iter().map(|&i| history.ops[i].clone()).collect();
+            prop_assert!(!linearizable_by_brute_force(&History { ops, faults: Vec::new() }), "{:?}", window);
+        }
     }
 }
