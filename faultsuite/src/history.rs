@@ -7,6 +7,7 @@
 //! share that one clock, whatever the hosts' wall clocks say (the suite offsets and steps those on purpose).
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
@@ -94,6 +95,59 @@ impl Op {
             Op::Write { outcome, .. } | Op::Add { outcome, .. } => outcome.status(),
             Op::Cas { outcome, .. } => outcome.status(),
             Op::ReadAll { outcome } => outcome.status(),
+        }
+    }
+}
+
+/// How a person reads an operation: `cas(1 → 2) = true`, `write(5): unknown (timed out)`.
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn outcome<T>(
+            f: &mut fmt::Formatter<'_>,
+            outcome: &Outcome<T>,
+            value: impl Fn(&T) -> String,
+        ) -> fmt::Result {
+            match outcome {
+                Outcome::Ok(answer) => write!(f, "{}", value(answer)),
+                Outcome::Fail(reason) => write!(f, ": failed ({reason})"),
+                Outcome::Info(reason) => write!(f, ": unknown ({reason})"),
+            }
+        }
+        match self {
+            Op::Read { outcome: answer } => {
+                write!(f, "read")?;
+                outcome(f, answer, |seen| {
+                    seen.map_or(" = nothing".into(), |value| format!(" = {value}"))
+                })
+            }
+            Op::Write {
+                value,
+                outcome: answer,
+            } => {
+                write!(f, "write({value})")?;
+                outcome(f, answer, |_| String::new())
+            }
+            Op::Cas {
+                expected,
+                new,
+                outcome: answer,
+            } => {
+                write!(f, "cas({expected} → {new})")?;
+                outcome(f, answer, |succeeded| format!(" = {succeeded}"))
+            }
+            Op::Add {
+                value,
+                outcome: answer,
+            } => {
+                write!(f, "add({value})")?;
+                outcome(f, answer, |_| String::new())
+            }
+            Op::ReadAll { outcome: answer } => {
+                write!(f, "read_all")?;
+                outcome(f, answer, |elements| {
+                    format!(" = {} elements", elements.len())
+                })
+            }
         }
     }
 }
@@ -351,6 +405,21 @@ mod tests {
         let mut written = Vec::new();
         write_entry(&mut written, &Entry::Op(op.clone())).unwrap();
         assert_eq!(String::from_utf8(written).unwrap().trim_end(), line);
+    }
+
+    #[test]
+    fn an_operation_reads_as_its_question_and_answer() {
+        let shown: Vec<String> = sample().ops.iter().map(|op| op.op.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "read = nothing",
+                "write(5): unknown (timed out)",
+                "cas(5 → 6) = false",
+                "add(9): failed (400: constraint)",
+                "read_all = 2 elements"
+            ]
+        );
     }
 
     #[test]
