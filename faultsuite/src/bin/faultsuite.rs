@@ -1,12 +1,19 @@
-//! `faultsuite`: one seeded run of the fault suite against the real system on hosts of its own (needs root).
+//! `faultsuite`: one seeded run of the fault suite against the real system on hosts of its own (needs root),
+//! checked: prints every checker's verdict and the availability figures, writes the history and the HTML report
+//! in the run's folder. Exits 0 when the history is valid and the cluster recovered after the last heal, 1 on a
+//! violation or no recovery, 2 when a checker could not decide.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use faultsuite::checker::register::Limits;
+use faultsuite::checker::Validity;
 use faultsuite::nemesis::{ClockBounds, Fault};
 use faultsuite::run::{self, Settings};
 use faultsuite::workload::Registers;
+use faultsuite::{analyse, report};
 
 /// Runs the database service across simulated hosts under a seeded nemesis, records what the clients saw,
 /// checks it, and writes a report.
@@ -54,7 +61,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -104,12 +111,23 @@ async fn main() -> anyhow::Result<()> {
         subnet: args.subnet,
     };
     let outcome = run::run(settings).await?;
+    let analysis = analyse(&outcome.history, &Limits::default());
+    print!("{}", report::text(&outcome.history, &analysis));
+    let report_path = outcome.dir.join("report.html");
+    report::write(&report_path, &outcome.history, &analysis)?;
+    match outcome.recovered_after {
+        Some(after) => println!("recovered {after:.1?} after the last heal"),
+        None => println!("NOT RECOVERED: no read and write answered after the last heal"),
+    }
     println!(
-        "{} operations, {} faults; recovered {:?} after the last heal; history in {}",
+        "{} operations, {} faults; history and report in {}",
         outcome.history.ops.len(),
         outcome.history.faults.len(),
-        outcome.recovered_after,
         outcome.dir.display()
     );
-    Ok(())
+    Ok(ExitCode::from(match analysis.validity() {
+        Validity::Valid if outcome.recovered_after.is_some() => 0,
+        Validity::Valid | Validity::Invalid => 1,
+        Validity::Unknown => 2,
+    }))
 }
