@@ -431,12 +431,17 @@ fn prepare_folder(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Written to a temporary file beside `path` then renamed over it (`NamedTempFile::persist`), so the worker
-/// never reads half a number.
+/// never reads half a number. Readable by everyone: the orchestrator may run as root, the worker does not (a
+/// temporary file is made readable by its owner alone).
 fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("making {} readable", file.path().display()))?;
     writeln!(file, "{pid}").with_context(|| format!("writing {}", file.path().display()))?;
     file.persist(path)
         .with_context(|| format!("writing the host pid to {}", path.display()))?;
@@ -456,6 +461,10 @@ mod tests {
         write_pid_file(&file, 4242).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "4242\n");
         assert!(!file.with_extension("tmp").exists());
+        // The worker in its container is not the orchestrator's user: it must be able to read it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
         // A new container on the same folder must not read the previous container's pid.
         prepare_folder(&folder).unwrap();
         assert!(!file.exists());
