@@ -474,6 +474,17 @@ impl Cluster {
         &self.roots
     }
 
+    /// Makes `host` as good as down: its launcher fails at once from now on, so no worker starts there.
+    pub fn take_host_down(&self, host: &str) {
+        let root = &self.roots[host];
+        let launcher = root.parent().expect("a host's folder").join("launcher.sh");
+        assert!(
+            launcher.exists(),
+            "{host} is not a host of the hosts runtime"
+        );
+        std::fs::write(&launcher, "#!/bin/sh\nexit 1\n").expect("replacing the launcher");
+    }
+
     /// The host the registry of copies says holds copy `id`.
     pub fn host_of_copy(&self, id: &str) -> Option<String> {
         self.view().copies.get(id).map(|c| c.host.clone())

@@ -132,6 +132,49 @@ async fn after_the_whole_system_is_killed_copies_on_two_hosts_are_restored_each_
     c.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_leaves_out_a_copy_on_a_host_that_is_down_once_a_copy_of_the_in_sync_set_reported(
+) {
+    let c = Arc::new(
+        Cluster::start_opts(Options {
+            hosts: 2,
+            ..Options::new(2)
+        })
+        .await,
+    );
+    // The first host holds the master's copy and a slave's, the second the other slave's.
+    let placed = copies_by_host(&c);
+    let (down, lost) = placed
+        .iter()
+        .find(|(_, ids)| ids.len() == 1)
+        .map(|(host, ids)| (host.clone(), ids[0].clone()))
+        .expect("a host with one copy");
+    assert_ne!(c.host_of_copy(&c.master_id()), Some(down.clone()));
+    helpers::create_table(&c).await;
+    let load = WriteLoad::start(&c, 8);
+    load.wait_for_progress(200).await;
+
+    c.kill_everything().await;
+    let acked = load.finish().await;
+    c.take_host_down(&down);
+    let restarted = tokio::time::Instant::now();
+    c.restart_orchestrator().await;
+
+    // The copy on the host that is down never reports; after waiting for it, the restore goes on without it,
+    // since the other host's copies are the master's and an in-sync slave's.
+    let view = c.wait_for_in_sync(1).await;
+    assert!(
+        restarted.elapsed() >= orchestrator::supervisor::REPORT_WAIT,
+        "restored after {:?}, without waiting for the silent copy",
+        restarted.elapsed()
+    );
+    assert!(!view.workers.contains_key(&lost));
+    c.assert_keys_stored(&acked).await;
+    c.write_ok(vec![st("INSERT INTO t VALUES (-1)", vec![])])
+        .await;
+    c.stop().await;
+}
+
 /// The registry of copies, by host: the ids of the copies each holds.
 fn copies_by_host(c: &Cluster) -> BTreeMap<String, Vec<String>> {
     let mut placed: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -5,7 +5,7 @@
 //! 1. every copy in the registry that has no running worker gets one, a slave on its own id, on the host that
 //!    holds it (a copy whose worker an earlier orchestrator started is left to register and be adopted). A
 //!    slave registers with the position of the copy on its disk, and keeps reporting it while there is no
-//!    master to give it a snapshot;
+//!    master to give it a snapshot. Each copy gets one start per restore;
 //! 2. it waits until every copy has reported, or [`REPORT_WAIT`] has passed. A worker that was running before
 //!    the restore reports once its record has settled ([`RECORD_SETTLE`]);
 //! 3. it chooses the furthest (epoch, seq) among the copies that reported ([`choose_master`]). A copy that
@@ -53,7 +53,9 @@ pub const REPORT_WAIT: Duration = Duration::from_secs(10);
 /// refresh covers both. (The slaves a restore starts report their copy at once, as they register.)
 pub const RECORD_SETTLE: Duration = RECORD_REFRESH.saturating_mul(2);
 
-/// A restore under way: since when, and the copies it started workers on.
+/// A restore under way: since when, and the copies it started (or tried to start) workers on. Each copy gets
+/// one start per restore: one whose worker could not start or ended is waited for like a silent one, not
+/// restarted (each failed start holds starts back, which would delay the decision past [`REPORT_WAIT`]).
 #[derive(Debug, Clone)]
 pub(super) struct Restoring {
     since: Instant,
@@ -245,7 +247,7 @@ impl Supervisor {
             started: BTreeSet::new(),
         });
         for id in view.copies.keys() {
-            if self.workers.contains_key(id) {
+            if self.workers.contains_key(id) || restoring.started.contains(id) {
                 continue;
             }
             if self.is_running_anywhere(id).await {
@@ -254,9 +256,8 @@ impl Supervisor {
                 continue;
             }
             // A copy whose worker cannot be started counts as not reported; the others still go ahead.
-            if self.start(id.clone(), Role::Slave).await {
-                restoring.started.insert(id.clone());
-            }
+            restoring.started.insert(id.clone());
+            self.start(id.clone(), Role::Slave).await;
         }
         let copies: Vec<Copy> = view
             .copies
