@@ -96,13 +96,7 @@ async fn reads_never_go_back_in_time_across_orchestrator_kills() {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_whole_system_is_killed_copies_on_two_hosts_are_restored_each_by_a_worker_on_its_host(
 ) {
-    let c = Arc::new(
-        Cluster::start_opts(Options {
-            hosts: 2,
-            ..Options::new(2)
-        })
-        .await,
-    );
+    let c = cluster_on_two_hosts().await;
     // Three copies on two hosts: one on each, the third beside one of them.
     let mut per_host: Vec<usize> = copies_by_host(&c).values().map(Vec::len).collect();
     per_host.sort_unstable();
@@ -135,13 +129,7 @@ async fn after_the_whole_system_is_killed_copies_on_two_hosts_are_restored_each_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_leaves_out_a_copy_on_a_host_that_is_down_once_a_copy_of_the_in_sync_set_reported(
 ) {
-    let c = Arc::new(
-        Cluster::start_opts(Options {
-            hosts: 2,
-            ..Options::new(2)
-        })
-        .await,
-    );
+    let c = cluster_on_two_hosts().await;
     // The first host holds the master's copy and a slave's, the second the other slave's.
     let placed = copies_by_host(&c);
     let (down, lost) = placed
@@ -173,6 +161,15 @@ async fn a_restore_leaves_out_a_copy_on_a_host_that_is_down_once_a_copy_of_the_i
     c.write_ok(vec![st("INSERT INTO t VALUES (-1)", vec![])])
         .await;
     c.stop().await;
+}
+
+/// A master and two slaves on two hosts.
+async fn cluster_on_two_hosts() -> Arc<Cluster> {
+    let options = Options {
+        hosts: 2,
+        ..Options::new(2)
+    };
+    Arc::new(Cluster::start_opts(options).await)
 }
 
 /// The registry of copies, by host: the ids of the copies each holds.
