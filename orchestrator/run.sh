@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the orchestrator alone, in the foreground. It adopts the workers already running in its namespace,
-# restarts stopped ones from their folders under the data directory (the most up-to-date as master), or else
-# launches new ones (one master, one slave); then it keeps them alive. Assumes RabbitMQ (5672) and ZooKeeper
+# restarts stopped ones on their copies (the registry of copies is in ZooKeeper; the most up-to-date copy, as its
+# worker reports it, becomes master), or else launches new ones (one master, one slave); then it keeps them alive. Assumes RabbitMQ (5672) and ZooKeeper
 # (2181) are running: scripts/setup.sh installs and starts them. Arguments are passed to the orchestrator (see
 # --help); each flag also has an environment variable, such as RIDESHARE_ORCHESTRATOR_LISTEN (default
 # 127.0.0.1:8083).

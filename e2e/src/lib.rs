@@ -4,12 +4,14 @@
 //! `cluster.assert_all_identical()`).
 //!
 //! Each cluster lives in its own namespace (queues and znodes) and temporary folder, so tests run in parallel on
-//! one broker and one ZooKeeper without seeing each other. Waiting is always polling with a deadline, never a
+//! one broker and one ZooKeeper without seeing each other. Its workers run as local processes, or on "hosts"
+//! (`Options::hosts`): each a launcher script and a data root of its own, as the fault suite's network
+//! namespaces are, minus the namespaces. Waiting is always polling with a deadline, never a
 //! bare sleep. However a test ends, no worker of its namespace outlives it (see `Drop for Cluster`).
 
 pub mod system;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once, RwLock};
 use std::time::Duration;
@@ -26,6 +28,9 @@ use tokio::task::JoinHandle;
 pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
 pub const ZK_ADDRESS: &str = "127.0.0.1:2181";
 
+/// The variable each host's launcher sets for the workers it starts (see [`Cluster::host_of_worker`]).
+const HOST_VARIABLE: &str = "E2E_HOST";
+
 /// How long a cluster may take to reach a state a test waits for. Generous: CI runs tests side by side on two
 /// cores, and a worker's ZooKeeper session takes its timeout to expire.
 pub const SETTLE: Duration = Duration::from_secs(30);
@@ -39,7 +44,10 @@ pub struct Cluster {
     config: orchestrator::Config,
     /// `std::sync::Mutex`: held only to swap or read the orchestrator, never across an `.await`.
     orchestrator: Mutex<Option<Orchestrator>>,
-    data: tempfile::TempDir,
+    /// Held for its drop: the cluster's folder (every host's copies), removed with the cluster.
+    _data: tempfile::TempDir,
+    /// Where each host keeps its copies, by host name; one host, `local`, when workers run as local processes.
+    roots: BTreeMap<String, PathBuf>,
 }
 
 /// The orchestrator of the moment, serving in a task of the test's runtime.
@@ -64,6 +72,9 @@ pub struct Options {
     /// Environment for this cluster's workers only (their flags' `RIDESHARE_*` variables), e.g. a longer
     /// lease: they are started through a wrapper script that sets it, so other tests are not affected.
     pub worker_env: Vec<(String, String)>,
+    /// Run the workers on this many hosts (`host-a`, `host-b`, ...; the orchestrator's `hosts` runtime), each a
+    /// launcher script that execs the worker binary and a data root of its own; 0: local processes.
+    pub hosts: usize,
 }
 
 impl Options {
@@ -76,6 +87,7 @@ impl Options {
             scale_interval_secs: None,
             max_slaves: None,
             worker_env: Vec::new(),
+            hosts: 0,
         }
     }
 }
@@ -96,9 +108,9 @@ pub fn worker_bin() -> PathBuf {
     bin
 }
 
-/// A script in `dir` that starts the worker binary with `env` added to its environment. It execs the worker, so
-/// the process (its pid, its command line) is the worker's own.
-fn worker_wrapper(dir: &Path, env: &[(String, String)]) -> PathBuf {
+/// A script at `path` that starts the worker binary with `env` added to its environment. It execs the worker,
+/// so the process (its pid, its command line) is the worker's own.
+fn worker_wrapper(path: &Path, env: &[(String, String)]) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let mut script = String::from("#!/bin/sh\n");
     for (name, value) in env {
@@ -112,11 +124,10 @@ fn worker_wrapper(dir: &Path, env: &[(String, String)]) -> PathBuf {
         script.push_str(&format!("export {name}={value}\n"));
     }
     script.push_str(&format!("exec '{}' \"$@\"\n", worker_bin().display()));
-    let path = dir.join("worker-wrapper.sh");
-    std::fs::write(&path, script).expect("writing the worker wrapper");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+    std::fs::write(path, script).expect("writing the worker wrapper");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .expect("making the worker wrapper executable");
-    path
+    path.to_owned()
 }
 
 pub fn st(sql: &str, params: Vec<Value>) -> Statement {
@@ -189,8 +200,33 @@ impl Cluster {
         config.worker_bin = Some(if options.worker_env.is_empty() {
             worker_bin()
         } else {
-            worker_wrapper(data.path(), &options.worker_env)
+            worker_wrapper(&data.path().join("worker-wrapper.sh"), &options.worker_env)
         });
+        let mut roots = BTreeMap::from([(
+            orchestrator::runtime::hosts::LOCAL_HOST.to_owned(),
+            data.path().join("workers"),
+        )]);
+        if options.hosts > 0 {
+            roots.clear();
+            config.worker_runtime = orchestrator::config::WorkerRuntime::Hosts;
+            for letter in ('a'..='z').take(options.hosts) {
+                let name = format!("host-{letter}");
+                let home = data.path().join("hosts").join(&name);
+                std::fs::create_dir_all(&home).expect("a host's folder");
+                let mut env = options.worker_env.clone();
+                env.push((HOST_VARIABLE.to_owned(), name.clone()));
+                let launcher = worker_wrapper(&home.join("launcher.sh"), &env);
+                let data_root = home.join("data");
+                config
+                    .worker_hosts
+                    .push(orchestrator::runtime::hosts::Host {
+                        name: name.clone(),
+                        launcher,
+                        data_root: data_root.clone(),
+                    });
+                roots.insert(name, data_root);
+            }
+        }
         config.request_timeout_ms = options.request_timeout_ms;
         if let Some(deadline) = options.retry_deadline_ms {
             config.write_deadline_ms = deadline;
@@ -215,7 +251,8 @@ impl Cluster {
             http: RwLock::new(reqwest::Client::new()),
             config,
             orchestrator: Mutex::new(None),
-            data,
+            _data: data,
+            roots,
         };
         cluster.launch(listener).await;
         cluster.wait_for_in_sync(options.slaves).await;
@@ -424,8 +461,48 @@ impl Cluster {
             .collect()
     }
 
+    /// The database file of copy `id`, on whichever host holds it (a path that does not exist when none
+    /// does).
     pub fn db_path(&self, id: &str) -> PathBuf {
-        self.data.path().join("workers").join(id).join("db.sqlite")
+        let folders: Vec<PathBuf> = self.roots.values().map(|root| root.join(id)).collect();
+        let folder = folders.iter().find(|f| f.exists()).unwrap_or(&folders[0]);
+        folder.join(protocol::disk::DB_FILE)
+    }
+
+    /// The hosts, by name, each with the folder under which it keeps its copies.
+    pub fn hosts(&self) -> &BTreeMap<String, PathBuf> {
+        &self.roots
+    }
+
+    /// Makes `host` as good as down: its launcher fails at once from now on, so no worker starts there.
+    pub fn take_host_down(&self, host: &str) {
+        let root = &self.roots[host];
+        let launcher = root.parent().expect("a host's folder").join("launcher.sh");
+        assert!(
+            launcher.exists(),
+            "{host} is not a host of the hosts runtime"
+        );
+        std::fs::write(&launcher, "#!/bin/sh\nexit 1\n").expect("replacing the launcher");
+    }
+
+    /// The host the registry of copies says holds copy `id`.
+    pub fn host_of_copy(&self, id: &str) -> Option<String> {
+        self.view().copies.get(id).map(|c| c.host.clone())
+    }
+
+    /// The host whose launcher started worker process `pid` (it set [`HOST_VARIABLE`] for it), and the data
+    /// directory it was given.
+    pub fn host_of_worker(pid: u32) -> Option<(String, PathBuf)> {
+        let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+        let host = process
+            .environ()
+            .ok()?
+            .get(std::ffi::OsStr::new(HOST_VARIABLE))?
+            .to_str()?
+            .to_owned();
+        let args = process.cmdline().ok()?;
+        let at = args.iter().position(|a| a == "--data-dir")?;
+        Some((host, PathBuf::from(args.get(at + 1)?)))
     }
 
     /// Every row of every table of a worker's database file, read directly from disk.

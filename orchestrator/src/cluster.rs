@@ -1,7 +1,6 @@
 //! The [`ClusterHandle`]: what the rest of the orchestrator (the HTTP API, the scaling policy, tests) holds to
 //! look at the cluster and to ask the supervisor for changes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,22 +46,22 @@ pub(crate) enum Msg {
     },
 }
 
-/// What every worker of this cluster shares.
+/// What every worker of this cluster shares. Where a worker keeps its copy is its host's business (the
+/// runtime's).
 #[derive(Debug, Clone)]
 pub struct WorkerTemplate {
-    /// Worker `id` keeps its database in `<data_dir>/workers/<id>`.
-    pub data_dir: PathBuf,
     pub amqp_url: String,
     pub zk: String,
     pub namespace: String,
 }
 
 impl WorkerTemplate {
-    pub fn spec(&self, id: &str, role: Role) -> WorkerSpec {
+    /// Worker `id` in `role` on `host`.
+    pub fn spec(&self, id: &str, role: Role, host: &str) -> WorkerSpec {
         WorkerSpec {
             id: id.to_owned(),
             role,
-            data_dir: self.data_dir.join("workers").join(id),
+            host: host.to_owned(),
             amqp_url: self.amqp_url.clone(),
             zk: self.zk.clone(),
             namespace: self.namespace.clone(),
@@ -222,15 +221,14 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_keeps_its_database_in_its_own_folder() {
+    fn a_worker_is_started_on_the_host_given() {
         let t = WorkerTemplate {
-            data_dir: "/data".into(),
             amqp_url: "amqp://x".into(),
             zk: "zk:1".into(),
             namespace: "ns".into(),
         };
-        let spec = t.spec("w-1", Role::Slave);
-        assert_eq!(spec.data_dir, PathBuf::from("/data/workers/w-1"));
+        let spec = t.spec("w-1", Role::Slave, "b");
+        assert_eq!(spec.host, "b");
         assert_eq!(spec.role, Role::Slave);
         assert_eq!(spec.namespace, "ns");
     }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::runtime::hosts::{parse_host, Host};
+
 // One place for each default, shared by the clap attributes and `Config::defaults`.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8083";
 const DEFAULT_AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
@@ -24,8 +26,12 @@ const DEFAULT_DOCKER_DATA_VOLUME: &str = "rideshare-data";
 /// Where the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerRuntime {
-    /// Child processes of the orchestrator, on its host (`--worker-bin`).
+    /// Child processes of the orchestrator, on its host (`--worker-bin`), each keeping its copy in
+    /// `<data_dir>/workers/<id>`.
     Process,
+    /// Processes started on the hosts given by `--worker-host`, each through its host's launcher, each keeping
+    /// its copy on its host.
+    Hosts,
     /// Docker containers (`--worker-image`), started through the Docker API on `--docker-network`.
     Docker,
 }
@@ -52,7 +58,8 @@ pub struct Config {
           value_parser = parse_namespace)]
     pub namespace: String,
 
-    /// Directory under which each worker started gets its own data directory, `<DATA_DIR>/workers/<id>`.
+    /// Directory under which each worker started gets its own data directory, `<DATA_DIR>/workers/<id>` (with
+    /// the `process` and `docker` runtimes).
     #[arg(long, env = "RIDESHARE_ORCHESTRATOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
@@ -65,6 +72,15 @@ pub struct Config {
     /// volume `--docker-data-volume`, mounted at the same path in every worker).
     #[arg(long, env = "RIDESHARE_WORKER_RUNTIME", value_enum, default_value_t = WorkerRuntime::Process)]
     pub worker_runtime: WorkerRuntime,
+
+    /// A host of the `hosts` runtime, `NAME=LAUNCHER:DATA_ROOT` (repeat it for each host; in the environment,
+    /// comma-separated). LAUNCHER is an executable that starts the worker binary on that host with the arguments
+    /// it is given, exec-ing it (so the pid is the worker's own); worker `id` on that host keeps its copy in
+    /// `<DATA_ROOT>/<id>`. Neither path may contain `:` or `,`. A new worker goes to a host that runs none if
+    /// there is one, else to the one running the fewest; a copy's worker always restarts on its host.
+    #[arg(long = "worker-host", env = "RIDESHARE_WORKER_HOSTS", value_delimiter = ',',
+          value_parser = parse_host)]
+    pub worker_hosts: Vec<Host>,
 
     /// The worker image of the Docker runtime.
     #[arg(long, env = "RIDESHARE_WORKER_IMAGE", default_value = DEFAULT_WORKER_IMAGE)]
@@ -145,6 +161,7 @@ impl Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             worker_bin: None,
             worker_runtime: WorkerRuntime::Process,
+            worker_hosts: Vec::new(),
             worker_image: DEFAULT_WORKER_IMAGE.to_owned(),
             docker_network: DEFAULT_DOCKER_NETWORK.to_owned(),
             docker_data_volume: DEFAULT_DOCKER_DATA_VOLUME.to_owned(),
@@ -173,6 +190,26 @@ impl Config {
 
     pub fn read_deadline(&self) -> Duration {
         Duration::from_millis(self.read_deadline_ms)
+    }
+
+    /// The hosts of the `hosts` runtime; at least one, and only with that runtime.
+    pub fn hosts(&self) -> anyhow::Result<Vec<Host>> {
+        match self.worker_runtime {
+            WorkerRuntime::Hosts => {
+                anyhow::ensure!(
+                    !self.worker_hosts.is_empty(),
+                    "the hosts runtime needs at least one --worker-host NAME=LAUNCHER:DATA_ROOT"
+                );
+                Ok(self.worker_hosts.clone())
+            }
+            _ => {
+                anyhow::ensure!(
+                    self.worker_hosts.is_empty(),
+                    "--worker-host is for the hosts runtime (--worker-runtime hosts)"
+                );
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// The worker binary: the configured one, else `worker` in the directory of the running executable (where
@@ -247,6 +284,39 @@ mod tests {
         let c = Config::try_parse_from(["orchestrator", "--worker-runtime", "docker"]).unwrap();
         assert_eq!(c.worker_runtime, WorkerRuntime::Docker);
         assert!(Config::try_parse_from(["orchestrator", "--worker-runtime", "podman"]).is_err());
+    }
+
+    #[test]
+    fn hosts_are_repeated_flags_and_go_with_the_hosts_runtime_only() {
+        let c = Config::try_parse_from([
+            "orchestrator",
+            "--worker-runtime",
+            "hosts",
+            "--worker-host",
+            "a=/l/a.sh:/srv/a",
+            "--worker-host",
+            "b=/l/b.sh:/srv/b",
+        ])
+        .unwrap();
+        let names: Vec<String> = c.hosts().unwrap().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        // As the environment gives them: one value, comma-separated.
+        let c = Config::try_parse_from([
+            "orchestrator",
+            "--worker-runtime",
+            "hosts",
+            "--worker-host",
+            "a=/l/a.sh:/srv/a,b=/l/b.sh:/srv/b",
+        ])
+        .unwrap();
+        assert_eq!(c.hosts().unwrap().len(), 2);
+        assert!(Config::try_parse_from(["orchestrator", "--worker-host", "a"]).is_err());
+        let without =
+            Config::try_parse_from(["orchestrator", "--worker-runtime", "hosts"]).unwrap();
+        assert!(without.hosts().is_err());
+        let misplaced =
+            Config::try_parse_from(["orchestrator", "--worker-host", "a=/l/a.sh:/srv/a"]).unwrap();
+        assert!(misplaced.hosts().is_err());
     }
 
     #[test]

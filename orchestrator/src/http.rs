@@ -431,6 +431,7 @@ mod tests {
             }),
             workers,
             candidates: Default::default(),
+            copies: Default::default(),
         }
     }
 

@@ -7,8 +7,9 @@
 //! a failover they are retried within a deadline, then answered 503.
 //!
 //! One task, the supervisor, owns the cluster: it launches one at start when there is none, adopts the
-//! running one after an orchestrator restart, restores it from the workers' folders after the whole system
-//! stopped, and replaces dead workers. The workers outlive the orchestrator unless told otherwise.
+//! running one after an orchestrator restart, restores it after the whole system stopped (from the registry
+//! of copies in ZooKeeper and the positions the workers report, never reading a worker's disk, which may be on
+//! another host), and replaces dead workers. The workers outlive the orchestrator unless told otherwise.
 //!
 //! Module map:
 //! - [`config`]: the command line and environment ([`Config`]).
@@ -22,9 +23,8 @@
 //!   worker's znodes ([`view::Registry`]).
 //! - [`cluster`]: the [`ClusterHandle`] that the API and tests use to look at and change the cluster.
 //! - [`supervisor`]: the task that owns the cluster's desired state and heals it.
-//! - [`folders`]: the workers' data folders and how far each copy of the database got.
-//! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait, local processes, and Docker
-//!   containers ([`runtime::docker`]).
+//! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait, processes on hosts (local
+//!   processes are one host; [`runtime::hosts`]), and Docker containers ([`runtime::docker`]).
 //! - [`admin`]: purging a namespace that a tool or a test is done with.
 
 pub mod admin;
@@ -33,7 +33,6 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
-pub mod folders;
 pub mod http;
 pub mod retry;
 pub mod rpc;
@@ -76,8 +75,8 @@ pub struct App {
 }
 
 /// Connects to RabbitMQ and ZooKeeper and starts the supervisor, which brings the cluster to one master and
-/// `initial_slaves` slaves: adopting the running workers, restarting stopped ones from their folders, or
-/// launching new ones.
+/// `initial_slaves` slaves: adopting the running workers, restarting the copies of stopped ones, or launching
+/// new ones.
 pub async fn start(config: Config) -> anyhow::Result<App> {
     let names = Names::new(&config.namespace);
     // Named after the namespace, so an operator (or a test) can tell the clusters' connections apart.
@@ -89,14 +88,20 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     let view_task = AbortOnDropHandle::new(view_task);
 
     let (exits_tx, exits) = mpsc::unbounded_channel();
+    // Tests ask for their workers to be stopped; then a test that panics before its shutdown must not leave
+    // workers behind either.
+    let kill_on_drop = config.stop_workers_on_shutdown;
+    let hosts = config.hosts()?;
     let runtime: Arc<dyn runtime::WorkerRuntime> = match config.worker_runtime {
-        config::WorkerRuntime::Process => Arc::new(runtime::LocalProcesses::new(
+        config::WorkerRuntime::Process => Arc::new(runtime::hosts::Hosts::local(
             config.worker_bin()?,
-            // Tests ask for their workers to be stopped; then a test that panics before its shutdown must not
-            // leave workers behind either.
-            config.stop_workers_on_shutdown,
+            &config.data_dir,
+            kill_on_drop,
             exits_tx,
         )),
+        config::WorkerRuntime::Hosts => {
+            Arc::new(runtime::hosts::Hosts::new(hosts, kill_on_drop, exits_tx)?)
+        }
         config::WorkerRuntime::Docker => Arc::new(
             runtime::docker::DockerWorkers::connect(
                 runtime::docker::DockerSettings {
@@ -114,7 +119,6 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     let (cluster, supervisor_task) = supervisor::spawn(
         supervisor::Settings {
             template: cluster::WorkerTemplate {
-                data_dir: config.data_dir.clone(),
                 amqp_url: config.amqp_url.clone(),
                 zk: config.zk.clone(),
                 namespace: config.namespace.clone(),

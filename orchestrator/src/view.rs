@@ -1,4 +1,5 @@
-//! A cached view of the cluster as ZooKeeper records it: the master, the in-sync set and the worker registry.
+//! A cached view of the cluster as ZooKeeper records it: the master, the in-sync set, the worker registry and
+//! the registry of copies.
 //!
 //! One task owns the ZooKeeper session and publishes [`ClusterView`] snapshots on a `tokio::sync::watch`
 //! channel, so the request path reads memory and never waits on ZooKeeper. The task keeps the view fresh with
@@ -6,16 +7,17 @@
 //! znode it names. Persistent watches can miss events across a reconnection (ZOOKEEPER-4698), so the whole view
 //! is also re-read after every reconnection and every [`RESYNC_INTERVAL`].
 //!
-//! The same task is the only one that changes ZooKeeper on the orchestrator's behalf: [`Registry::forget`]
-//! removes the znodes of a worker known to be dead, and updates the view before it answers, so that nothing
-//! read from the view after a confirmed kill still shows the dead worker.
+//! The same task is the only one that changes ZooKeeper on the orchestrator's behalf, and updates the view
+//! before it answers, so that nothing read from the view afterwards contradicts the change:
+//! [`Registry::forget`] removes the znodes of a worker known to be dead (nothing read after a confirmed kill
+//! still shows it), [`Registry::record_copy`] and [`Registry::drop_copy`] keep the registry of copies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
-use protocol::coord::{InSyncSet, MasterRecord, WorkerRecord};
+use protocol::coord::{CopyRecord, InSyncSet, MasterRecord, WorkerRecord};
 use protocol::{Names, Role, WorkerInfo};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,6 +48,9 @@ pub struct ClusterView {
     pub workers: BTreeMap<String, WorkerRecord>,
     /// Ids of the workers standing in the election (in-sync slaves that have heard from their master).
     pub candidates: BTreeSet<String>,
+    /// The registry of copies of the database, by worker id: every copy the orchestrator started a worker on
+    /// and has not removed, whether a worker runs on it or not, and the host that holds it.
+    pub copies: BTreeMap<String, CopyRecord>,
 }
 
 impl ClusterView {
@@ -106,14 +111,22 @@ impl ClusterView {
 /// Changes to ZooKeeper, asked of the view task (which owns the session). Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    requests: mpsc::Sender<Forget>,
+    requests: mpsc::Sender<Request>,
 }
 
-/// Remove the znodes of a dead worker.
-struct Forget {
-    id: String,
-    pid: u32,
+/// A change asked of the view task, answered on `done` once made and shown in the view.
+struct Request {
+    change: Change,
     done: oneshot::Sender<anyhow::Result<()>>,
+}
+
+enum Change {
+    /// Remove the znodes of a dead worker.
+    Forget { id: String, pid: u32 },
+    /// Write a copy's record.
+    RecordCopy { id: String, record: CopyRecord },
+    /// Remove a copy's record.
+    DropCopy { id: String },
 }
 
 impl Registry {
@@ -124,13 +137,33 @@ impl Registry {
     /// process's (a worker restarted under the same id has another pid), and the view is updated before this
     /// returns.
     pub async fn forget(&self, id: &str, pid: u32) -> anyhow::Result<()> {
+        self.ask(Change::Forget {
+            id: id.to_owned(),
+            pid,
+        })
+        .await
+    }
+
+    /// Records (or rewrites) copy `id` in the registry of copies: it lives on `record.host`. Made before the
+    /// first worker on a new id starts, so that no copy exists that the registry does not know of.
+    pub async fn record_copy(&self, id: &str, record: CopyRecord) -> anyhow::Result<()> {
+        self.ask(Change::RecordCopy {
+            id: id.to_owned(),
+            record,
+        })
+        .await
+    }
+
+    /// Removes copy `id` from the registry of copies (done when it is not there): only once the copy itself
+    /// is gone, or no longer needed.
+    pub async fn drop_copy(&self, id: &str) -> anyhow::Result<()> {
+        self.ask(Change::DropCopy { id: id.to_owned() }).await
+    }
+
+    async fn ask(&self, change: Change) -> anyhow::Result<()> {
         let (done, answer) = oneshot::channel();
         self.requests
-            .send(Forget {
-                id: id.to_owned(),
-                pid,
-                done,
-            })
+            .send(Request { change, done })
             .await
             .map_err(|_| anyhow::anyhow!("the ZooKeeper task has stopped"))?;
         answer
@@ -175,10 +208,12 @@ async fn connect(zk_addr: &str, names: &Names) -> anyhow::Result<zk::Client> {
     // The parents of everything the workers create; making them here too means the watch and the first read
     // see a well-formed tree even before the first worker runs.
     let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    client
-        .mkdir(&names.zk_workers(), &options)
-        .await
-        .with_context(|| format!("creating {} in ZooKeeper", names.zk_workers()))?;
+    for parent in [names.zk_workers(), names.zk_copies()] {
+        client
+            .mkdir(&parent, &options)
+            .await
+            .with_context(|| format!("creating {parent} in ZooKeeper"))?;
+    }
     Ok(client)
 }
 
@@ -190,7 +225,7 @@ async fn keep_fresh(
     mut client: zk::Client,
     mut watcher: zk::PersistentWatcher,
     tx: watch::Sender<ClusterView>,
-    mut inbox: mpsc::Receiver<Forget>,
+    mut inbox: mpsc::Receiver<Request>,
 ) {
     loop {
         follow_session(&client, &mut watcher, &names, &tx, &mut inbox).await;
@@ -225,7 +260,7 @@ async fn follow_session(
     watcher: &mut zk::PersistentWatcher,
     names: &Names,
     tx: &watch::Sender<ClusterView>,
-    inbox: &mut mpsc::Receiver<Forget>,
+    inbox: &mut mpsc::Receiver<Request>,
 ) {
     let mut resync_timer = tokio::time::interval(RESYNC_INTERVAL);
     resync_timer.tick().await; // the first tick is immediate, and the view was just read
@@ -234,7 +269,13 @@ async fn follow_session(
             _ = tx.closed() => return,
             _ = resync_timer.tick() => resync(client, names, tx).await,
             Some(request) = inbox.recv() => {
-                let result = forget(client, names, tx, &request.id, request.pid).await;
+                let result = match &request.change {
+                    Change::Forget { id, pid } => forget(client, names, tx, id, *pid).await,
+                    Change::RecordCopy { id, record } => {
+                        record_copy(client, names, tx, id, record).await
+                    }
+                    Change::DropCopy { id } => drop_copy(client, names, tx, id).await,
+                };
                 let _ = request.done.send(result);
             }
             event = watcher.changed() => {
@@ -281,18 +322,25 @@ async fn refresh_path(
         } else if path == names.zk_in_sync() {
             let in_sync = read_json(client, path).await?;
             tx.send_if_modified(|v| replace(&mut v.in_sync, in_sync));
-        } else if let Some(id) = worker_id_of(names, path) {
+        } else if let Some(id) = child_of(&names.zk_workers(), path) {
             let record: Option<WorkerRecord> = read_json(client, path).await?;
             tx.send_if_modified(|v| match record {
                 Some(r) => v.workers.insert(id.to_owned(), r.clone()) != Some(r),
                 None => v.workers.remove(id).is_some(),
+            });
+        } else if let Some(id) = child_of(&names.zk_copies(), path) {
+            let record: Option<CopyRecord> = read_json(client, path).await?;
+            tx.send_if_modified(|v| match record {
+                Some(r) => v.copies.insert(id.to_owned(), r.clone()) != Some(r),
+                None => v.copies.remove(id).is_some(),
             });
         } else if path == names.zk_election()
             || path.starts_with(&format!("{}/", names.zk_election()))
         {
             let candidates = read_candidates(client, names).await?;
             tx.send_if_modified(|v| replace(&mut v.candidates, candidates));
-        } else if path == names.zk_root() || path == names.zk_workers() {
+        } else if path == names.zk_root() || path == names.zk_workers() || path == names.zk_copies()
+        {
             // The tree itself was created or deleted (a test tearing down its namespace): read it all.
             let view = read_all(client, names).await?;
             tx.send_if_modified(|v| replace(v, view));
@@ -373,10 +421,48 @@ async fn delete_versioned(
     }
 }
 
-/// `Some(id)` when `path` is a worker's registration znode.
-fn worker_id_of<'a>(names: &Names, path: &'a str) -> Option<&'a str> {
-    let prefix = names.zk_workers();
-    let id = path.strip_prefix(prefix.as_str())?.strip_prefix('/')?;
+/// Writes a copy's record: creates its znode, or rewrites it when it exists (see [`Registry::record_copy`]).
+async fn record_copy(
+    client: &zk::Client,
+    names: &Names,
+    tx: &watch::Sender<ClusterView>,
+    id: &str,
+    record: &CopyRecord,
+) -> anyhow::Result<()> {
+    let path = names.zk_copy(id);
+    let data = serde_json::to_vec(record).context("encoding a copy's record")?;
+    let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    match client.create(&path, &data, &options).await {
+        Ok(_) => {}
+        Err(zk::Error::NodeExists) => {
+            client
+                .set_data(&path, &data, None)
+                .await
+                .with_context(|| format!("writing {path}"))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {path}")),
+    }
+    tx.send_if_modified(|v| {
+        v.copies.insert(id.to_owned(), record.clone()).as_ref() != Some(record)
+    });
+    Ok(())
+}
+
+/// Removes a copy's record (see [`Registry::drop_copy`]).
+async fn drop_copy(
+    client: &zk::Client,
+    names: &Names,
+    tx: &watch::Sender<ClusterView>,
+    id: &str,
+) -> anyhow::Result<()> {
+    delete_versioned(client, &names.zk_copy(id), None).await?;
+    tx.send_if_modified(|v| v.copies.remove(id).is_some());
+    Ok(())
+}
+
+/// `Some(id)` when `path` is a direct child of `parent` (a worker's registration znode, a copy's record).
+fn child_of<'a>(parent: &str, path: &'a str) -> Option<&'a str> {
+    let id = path.strip_prefix(parent)?.strip_prefix('/')?;
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
@@ -389,24 +475,35 @@ fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
 async fn read_all(client: &zk::Client, names: &Names) -> anyhow::Result<ClusterView> {
     let master = read_json(client, &names.zk_master()).await?;
     let in_sync = read_json(client, &names.zk_in_sync()).await?;
-    let ids = match client.list_children(&names.zk_workers()).await {
-        Ok(ids) => ids,
-        Err(zk::Error::NoNode) => Vec::new(),
-        Err(e) => return Err(e).context("listing workers"),
-    };
-    let mut workers = BTreeMap::new();
-    for id in ids {
-        // A worker that vanished between the listing and this read is simply not there any more.
-        if let Some(record) = read_json::<WorkerRecord>(client, &names.zk_worker(&id)).await? {
-            workers.insert(id, record);
-        }
-    }
+    let workers = read_children(client, &names.zk_workers()).await?;
+    let copies = read_children(client, &names.zk_copies()).await?;
     Ok(ClusterView {
         master,
         in_sync,
         workers,
         candidates: read_candidates(client, names).await?,
+        copies,
     })
+}
+
+/// The JSON of every child of `parent`, by name; none when `parent` does not exist. A child that vanished
+/// between the listing and its read (a worker gone) is simply not there any more.
+async fn read_children<T: DeserializeOwned>(
+    client: &zk::Client,
+    parent: &str,
+) -> anyhow::Result<BTreeMap<String, T>> {
+    let names = match client.list_children(parent).await {
+        Ok(names) => names,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {parent}")),
+    };
+    let mut children = BTreeMap::new();
+    for name in names {
+        if let Some(value) = read_json(client, &format!("{parent}/{name}")).await? {
+            children.insert(name, value);
+        }
+    }
+    Ok(children)
 }
 
 /// The ids of the election candidates: their znodes are named `<pid, 10 digits>-<id>`.
@@ -476,6 +573,7 @@ mod tests {
             }),
             workers,
             candidates: BTreeSet::new(),
+            copies: BTreeMap::new(),
         }
     }
 
@@ -537,12 +635,15 @@ mod tests {
 
     #[test]
     fn only_direct_children_of_the_workers_znode_are_workers() {
-        let names = Names::new("ns");
-        assert_eq!(worker_id_of(&names, "/ns/workers/w-1"), Some("w-1"));
-        assert_eq!(worker_id_of(&names, "/ns/workers"), None);
-        assert_eq!(worker_id_of(&names, "/ns/workers/"), None);
-        assert_eq!(worker_id_of(&names, "/ns/workers/a/b"), None);
-        assert_eq!(worker_id_of(&names, "/ns/workersX/a"), None);
-        assert_eq!(worker_id_of(&names, "/ns/master"), None);
+        let workers = Names::new("ns").zk_workers();
+        assert_eq!(child_of(&workers, "/ns/workers/w-1"), Some("w-1"));
+        assert_eq!(child_of(&workers, "/ns/workers"), None);
+        assert_eq!(child_of(&workers, "/ns/workers/"), None);
+        assert_eq!(child_of(&workers, "/ns/workers/a/b"), None);
+        assert_eq!(child_of(&workers, "/ns/workersX/a"), None);
+        assert_eq!(child_of(&workers, "/ns/master"), None);
+        let copies = Names::new("ns").zk_copies();
+        assert_eq!(child_of(&copies, "/ns/copies/w-1"), Some("w-1"));
+        assert_eq!(child_of(&copies, "/ns/workers/w-1"), None);
     }
 }

@@ -1,5 +1,5 @@
-//! What a worker's folder holds, as far as another process reads it: the orchestrator opens each copy of the
-//! database (read-only) to find how far it got when it restarts a stopped cluster.
+//! What a worker's folder holds. Only the worker reads it: the orchestrator learns how far a copy got from the
+//! position its worker reports in ZooKeeper (`coord::WorkerRecord`), since the folder may be on another host.
 
 /// The database file in a worker's folder.
 pub const DB_FILE: &str = "db.sqlite";

@@ -8,8 +8,9 @@
 //!   the `syncQ` fanout exchange, and their replies.
 //! - [`names`]: queue, exchange and znode names, derived from one namespace so several clusters (tests) can share
 //!   one broker and one ZooKeeper.
-//! - [`coord`]: what is stored in ZooKeeper: the worker registry, the epoch and the in-sync set.
-//! - [`disk`]: what the orchestrator reads of a worker's folder: the database file and its bookkeeping table.
+//! - [`coord`]: what is stored in ZooKeeper: the worker registry (with how far each copy got), the registry of
+//!   copies and where each lives, the epoch and the in-sync set.
+//! - [`disk`]: a worker's folder: the database file and its bookkeeping table.
 //! - [`lease`]: the rules of the read lease and of the master's leadership lease, which need no synchronised
 //!   clocks.
 

@@ -75,6 +75,16 @@ impl Names {
         format!("/{}/workers/{}", self.namespace, worker_id)
     }
 
+    /// Parent of the registry of copies: one persistent znode per copy of the database, written by the
+    /// orchestrator (see [`crate::coord::CopyRecord`]).
+    pub fn zk_copies(&self) -> String {
+        format!("/{}/copies", self.namespace)
+    }
+
+    pub fn zk_copy(&self, worker_id: &str) -> String {
+        format!("/{}/copies/{}", self.namespace, worker_id)
+    }
+
     /// Ephemeral znode held by the current master; its existence is the master's lease on the role.
     pub fn zk_master(&self) -> String {
         format!("/{}/master", self.namespace)
@@ -112,6 +122,7 @@ mod tests {
         assert_eq!(n.write_queue(), "t1.writeQ");
         assert_eq!(n.sync_queue("w3"), "t1.syncQ.w3");
         assert_eq!(n.zk_worker("w3"), "/t1/workers/w3");
+        assert_eq!(n.zk_copy("w3"), "/t1/copies/w3");
         assert!(n.zk_candidate(99, "b") < n.zk_candidate(100, "a"));
     }
 

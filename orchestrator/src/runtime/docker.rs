@@ -3,9 +3,10 @@
 //! Each worker is one container, `<namespace>-worker-<id>`, of the worker image, on the Compose network (where
 //! it finds RabbitMQ and ZooKeeper by name). Its database lives where it would with local processes,
 //! `<data_dir>/workers/<id>`, on the one volume that holds the orchestrator's data directory: that volume is
-//! mounted at the same path in every worker container. So the orchestrator reads every copy's position for a
-//! full restart ([`crate::folders`]) exactly as with local processes, and a container that is removed leaves
-//! its database behind.
+//! mounted at the same path in every worker container, and is this runtime's one host, [`DOCKER_HOST`]. A
+//! container that is removed leaves its database behind. As with every runtime, the supervisor learns how far
+//! each copy got from the position its worker reports in ZooKeeper; this runtime touches the volume only to
+//! prepare a worker's folder (and its pid file) and to delete a copy that is no longer needed.
 //!
 //! The pid a worker reports is its container's main process as the host sees it (`State.Pid`), as the
 //! contract asks: only known once the container runs, so the runtime writes it to `<folder>/host-pid` and the
@@ -43,6 +44,9 @@ const LABEL_WORKER: &str = "org.rideshare.worker-id";
 
 /// The file, in the worker's folder, that carries its host pid.
 pub const HOST_PID_FILE: &str = "host-pid";
+
+/// The name of this runtime's one host in the registry of copies: every copy is on the shared volume.
+pub const DOCKER_HOST: &str = "docker";
 
 /// How long `kill` waits for a killed container to be seen gone before it reports an error.
 const KILL_WAIT: Duration = Duration::from_secs(30);
@@ -112,8 +116,20 @@ impl DockerWorkers {
         container_name(&self.settings.namespace, id)
     }
 
+    /// `<data_dir>/workers`, where every copy lives.
+    fn copies_root(&self) -> PathBuf {
+        self.settings.data_dir.join("workers")
+    }
+
     async fn spawn(&self, spec: WorkerSpec) -> anyhow::Result<WorkerProcess> {
-        prepare_folder(&spec.data_dir)?;
+        anyhow::ensure!(
+            spec.host == DOCKER_HOST,
+            "worker {} belongs on host {:?}, but containers run on {DOCKER_HOST:?} only",
+            spec.id,
+            spec.host
+        );
+        let data_dir = self.copies_root().join(&spec.id);
+        prepare_folder(&data_dir)?;
         let name = self.container_name(&spec.id);
         // An ended container of an earlier run may still hold the name (its orchestrator died before removing
         // it). The supervisor never starts a worker whose id runs anywhere, so one that runs is a bug to report.
@@ -125,12 +141,12 @@ impl DockerWorkers {
             Role::Master => "master",
             Role::Slave => "slave",
         };
-        let pid_file = spec.data_dir.join(HOST_PID_FILE);
+        let pid_file = data_dir.join(HOST_PID_FILE);
         // In the environment rather than on the command line: the image's health check reads the broker and
         // ZooKeeper addresses from there too.
         let mut env = vec![
             format!("RIDESHARE_WORKER_ID={}", spec.id),
-            format!("RIDESHARE_DATA_DIR={}", path_str(&spec.data_dir)?),
+            format!("RIDESHARE_DATA_DIR={}", path_str(&data_dir)?),
             format!("RIDESHARE_AMQP_URL={}", spec.amqp_url),
             format!("RIDESHARE_ZK={}", spec.zk),
             format!("RIDESHARE_NAMESPACE={}", spec.namespace),
@@ -337,6 +353,10 @@ impl DockerWorkers {
 }
 
 impl WorkerRuntime for DockerWorkers {
+    fn hosts(&self) -> Vec<String> {
+        vec![DOCKER_HOST.to_owned()]
+    }
+
     fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, anyhow::Result<WorkerProcess>> {
         Box::pin(self.spawn(spec))
     }
@@ -364,6 +384,20 @@ impl WorkerRuntime for DockerWorkers {
         Box::pin(async move {
             let name = self.container_name(id);
             Ok(self.state(&name).await?.is_some_and(|s| s.running))
+        })
+    }
+
+    fn remove_copy<'a>(&'a self, host: &'a str, id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            anyhow::ensure!(
+                host == DOCKER_HOST,
+                "copy {id} is on host {host:?}, not on {DOCKER_HOST:?}"
+            );
+            let root = self.copies_root();
+            let id = id.to_owned();
+            tokio::task::spawn_blocking(move || super::remove_folder(&root, &id))
+                .await
+                .context("removing a copy")?
         })
     }
 }

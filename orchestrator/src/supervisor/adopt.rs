@@ -30,8 +30,8 @@ impl Supervisor {
             }
             if let Some(w) = self.workers.get(&id) {
                 if w.pid != pid {
-                    // An earlier process under this id (we restarted it on its folder): never alive at the same
-                    // time as ours, since a folder is reused only when nothing runs it.
+                    // An earlier process under this id (we restarted it on its copy): never alive at the same
+                    // time as ours, since a copy is started on only when nothing runs it.
                     tracing::info!(
                         worker = %id,
                         pid,
@@ -49,7 +49,7 @@ impl Supervisor {
                         pid,
                         "registered worker is not running; removing its znodes"
                     );
-                    if self.folders.path(&id).is_dir() {
+                    if self.view.borrow().copies.contains_key(&id) {
                         self.idle.entry(id.clone()).or_insert(Idle::Died);
                     }
                     self.forget(&id, pid).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use protocol::Role;
 
 use super::{Idle, Managed, Supervisor};
-use crate::cluster::{new_worker_id, Msg};
+use crate::cluster::Msg;
 use crate::view::ClusterView;
 
 /// How long a retiring slave gets to stop after SIGTERM before it is killed.
@@ -86,8 +86,7 @@ impl Supervisor {
             Balance::Start(missing) => {
                 tracing::info!(running, target, "starting {missing} slave(s)");
                 for _ in 0..missing {
-                    let id = self.reusable_folder().await.unwrap_or_else(new_worker_id);
-                    if !self.start(id, Role::Slave).await {
+                    if self.start_slave().await.is_none() {
                         break;
                     }
                 }
@@ -101,21 +100,30 @@ impl Supervisor {
         }
     }
 
-    /// A folder of an earlier run that a new slave can take over (it resyncs from the master anyway, and
-    /// keeping the ids of a restarted cluster makes its logs readable).
-    pub(super) async fn reusable_folder(&mut self) -> Option<String> {
-        let ids: Vec<String> = self
+    /// Starts one more slave, on the host [`super::place`] picks: on a copy of an earlier run that host holds
+    /// if there is one (it resyncs from the master anyway, and keeping the ids of a restarted cluster makes its
+    /// logs readable), else on a new copy there. Its id, or `None` when it could not be started.
+    pub(super) async fn start_slave(&mut self) -> Option<String> {
+        let view = self.view.borrow().clone();
+        let Some(host) = self.place(&view) else {
+            tracing::error!("no host to start a slave on");
+            self.hold();
+            return None;
+        };
+        let reusable: Vec<String> = self
             .idle
             .iter()
-            .filter(|(_, why)| **why == Idle::PreviousRun)
+            .filter(|(id, why)| {
+                **why == Idle::PreviousRun && view.copies.get(*id).is_some_and(|c| c.host == host)
+            })
             .map(|(id, _)| id.clone())
             .collect();
-        for id in ids {
+        for id in reusable {
             if !self.is_running_anywhere(&id).await {
-                return Some(id);
+                return self.start(id.clone(), Role::Slave).await.then_some(id);
             }
         }
-        None
+        self.start_new(Role::Slave, host).await
     }
 
     async fn retire(&mut self, id: String, pid: u32) {

@@ -1,5 +1,5 @@
 //! A worker gone: what its end means (a crash to replace, a failed start to hold back after, a retirement, a
-//! kill), forgetting it in ZooKeeper, and removing the folders that no worker needs any more.
+//! kill), forgetting it in ZooKeeper, and removing the copies that no worker needs any more.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,12 +11,13 @@ use crate::view::ClusterView;
 
 /// After a failed start (a worker that ends before it registers in ZooKeeper, a master that ends before it
 /// takes the role, or one that cannot be spawned) further starts are held back, from [`HOLD_MIN`] doubling
-/// up to [`HOLD_MAX`], so a broken binary or folder cannot become a crash loop that eats the host. A worker
+/// up to [`HOLD_MAX`], so a broken binary, host or copy cannot become a crash loop that eats the host. A worker
 /// that died after it registered is a crash, replaced at once.
 const HOLD_MIN: Duration = Duration::from_millis(500);
 const HOLD_MAX: Duration = Duration::from_secs(30);
 
-/// How long removing a dead worker's znodes may take before it is left to a later tick.
+/// How long removing a dead worker's znodes (or a removed copy's record) may take before it is left to a later
+/// tick.
 const FORGET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the end of a worker this supervisor ran means.
@@ -52,9 +53,9 @@ fn hold_for(setbacks: u32) -> Duration {
         .min(HOLD_MAX)
 }
 
-/// Whether the folders of gone workers may go: a healthy master (not one of them, run by this supervisor)
+/// Whether the copies of gone workers may go: a healthy master (not one of them, run by this supervisor)
 /// holds every acknowledged write, so they hold nothing that is needed.
-fn may_remove_idle_folders(
+fn may_remove_idle_copies(
     view: &ClusterView,
     idle: &BTreeMap<String, Idle>,
     workers: &BTreeMap<String, Managed>,
@@ -69,7 +70,7 @@ fn may_remove_idle_folders(
 }
 
 impl Supervisor {
-    /// A worker process is gone: it is no longer run, its znodes are removed, its folder is idle.
+    /// A worker process is gone: it is no longer run, its znodes are removed, its copy is idle.
     pub(super) async fn on_gone(&mut self, id: &str, pid: u32, how: Gone) {
         let Some(managed) = self.workers.get(id).filter(|w| w.pid == pid).cloned() else {
             // Reported twice (a kill and its exit), or a process this supervisor never ran: only make sure
@@ -150,7 +151,7 @@ impl Supervisor {
         self.hold_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Holds starts back after a setback (a failed start, a copy that cannot be read), longer after each one
+    /// Holds starts back after a setback (a failed start, a restore that cannot choose), longer after each one
     /// in a row; the count is reset once the cluster is healthy.
     pub(super) fn hold(&mut self) {
         self.failed_starts += 1;
@@ -162,11 +163,13 @@ impl Supervisor {
         self.hold_until = Some(Instant::now() + hold);
     }
 
-    /// Once a healthy master (not one of them) holds every acknowledged write, the folders of dead workers
-    /// hold nothing that is needed: removed, so crashes do not fill the disk.
-    pub(super) async fn remove_idle_folders(&mut self, view: &ClusterView) {
+    /// Once a healthy master (not one of them) holds every acknowledged write, the copies of dead workers
+    /// hold nothing that is needed: the runtime removes each on its host, then it leaves the registry, so
+    /// crashes do not fill the disks. A copy the runtime cannot remove stays in the registry (it is tried again
+    /// when an orchestrator next starts) rather than being tried every tick.
+    pub(super) async fn remove_idle_copies(&mut self, view: &ClusterView) {
         let Some(master) = &view.master else { return };
-        if !may_remove_idle_folders(view, &self.idle, &self.workers) {
+        if !may_remove_idle_copies(view, &self.idle, &self.workers) {
             return;
         }
         let ids: Vec<String> = self.idle.keys().cloned().collect();
@@ -174,16 +177,36 @@ impl Supervisor {
             if self.workers.contains_key(&id) || self.is_running_anywhere(&id).await {
                 continue;
             }
-            match self.folders.remove(&id) {
-                Ok(()) => {
+            let Some(copy) = view.copies.get(&id) else {
+                self.idle.remove(&id);
+                continue;
+            };
+            if let Err(e) = self.runtime.remove_copy(&copy.host, &id).await {
+                tracing::warn!(
+                    worker = %id,
+                    host = %copy.host,
+                    "removing a gone worker's copy: {e:#}; it stays in the registry"
+                );
+                self.idle.remove(&id);
+                continue;
+            }
+            match tokio::time::timeout(FORGET_TIMEOUT, self.registry.drop_copy(&id)).await {
+                Ok(Ok(())) => {
                     tracing::info!(
                         worker = %id,
+                        host = %copy.host,
                         master = %master.id,
-                        "removed a gone worker's folder: the master holds everything it held"
+                        "removed a gone worker's copy: the master holds everything it held"
                     );
                     self.idle.remove(&id);
                 }
-                Err(e) => tracing::warn!(worker = %id, "{e:#}"),
+                // Left idle: tried again at a later tick (removing a copy that is gone already is done).
+                Ok(Err(e)) => {
+                    tracing::warn!(worker = %id, "dropping a removed copy's record: {e:#}")
+                }
+                Err(_) => {
+                    tracing::warn!(worker = %id, "dropping a removed copy's record timed out")
+                }
             }
         }
     }
@@ -221,26 +244,26 @@ mod tests {
     }
 
     #[test]
-    fn folders_go_only_once_a_healthy_master_run_here_holds_everything() {
+    fn copies_go_only_once_a_healthy_master_run_here_holds_everything() {
         let idle = BTreeMap::from([("dead".to_owned(), Idle::Died)]);
         let workers = managed(&[("m", 1), ("s", 2)]);
         let healthy = view(Some("m"), &[("m", 1), ("s", 2)], &["s"], &[]);
-        assert!(may_remove_idle_folders(&healthy, &idle, &workers));
+        assert!(may_remove_idle_copies(&healthy, &idle, &workers));
         // No slave in sync: the dead worker's copy may be the only other one.
         let alone = view(Some("m"), &[("m", 1), ("s", 2)], &[], &[]);
-        assert!(!may_remove_idle_folders(&alone, &idle, &workers));
+        assert!(!may_remove_idle_copies(&alone, &idle, &workers));
         // A master not run here (not adopted yet) or without a master at all.
-        assert!(!may_remove_idle_folders(
+        assert!(!may_remove_idle_copies(
             &healthy,
             &idle,
             &managed(&[("s", 2)])
         ));
         let none = view(None, &[("s", 2)], &["s"], &[]);
-        assert!(!may_remove_idle_folders(&none, &idle, &workers));
-        // The master's own folder is idle (it restarted on it): not before it registers as run here.
+        assert!(!may_remove_idle_copies(&none, &idle, &workers));
+        // The master's own copy is idle (it restarted on it): not before it registers as run here.
         let own = BTreeMap::from([("m".to_owned(), Idle::Died)]);
-        assert!(!may_remove_idle_folders(&healthy, &own, &workers));
-        assert!(!may_remove_idle_folders(
+        assert!(!may_remove_idle_copies(&healthy, &own, &workers));
+        assert!(!may_remove_idle_copies(
             &healthy,
             &BTreeMap::new(),
             &workers

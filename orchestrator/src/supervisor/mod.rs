@@ -8,10 +8,17 @@
 //!    orchestrator started it), or else its stale znodes are removed;
 //! 2. without a master, it leaves the in-sync slaves to elect one; only when none of them is alive (or none
 //!    stands within [`STAND_GRACE`], or they have had [`ELECTION_GRACE`] and failed) does it restore a master
-//!    itself, from the copy of the database that got furthest ([`Folders`]), restarting that worker on its
-//!    own folder. It starts an empty master only when no copy exists at all, so it never forks or drops data;
-//! 3. it starts or retires slaves until there are `target` of them (a master failover leaves one short);
-//! 4. once a healthy master holds everything, it removes the folders of workers that are gone.
+//!    itself: it starts a slave on every registered copy that has no worker, so that each reports how far its
+//!    copy got, and restarts the worker of the furthest copy as master on it (see [`restore`]). It starts an
+//!    empty master only when the registry holds no copy at all, so it never forks or drops data;
+//! 3. it starts or retires slaves until there are `target` of them (a master failover leaves one short), each
+//!    new one on the host [`place`] picks;
+//! 4. once a healthy master holds everything, it has the runtime remove the copies of workers that are gone,
+//!    and drops them from the registry.
+//!
+//! It never reads a worker's disk, which may be on another host: the registry of copies (`/<ns>/copies`, in
+//! the view) says which copies exist and on which host, and each worker reports in its registration how far its
+//! copy got.
 //!
 //! A worker that dies is forgotten in ZooKeeper at once (its znodes removed, see [`Registry::forget`]): the
 //! worker lists stop showing it, and a dead master's election starts without waiting for its session to time
@@ -26,36 +33,42 @@
 //! - [`adopt`]: adopting the workers that run already (after an orchestrator restart);
 //! - [`restore`]: who can elect a master, when the supervisor must provide one itself, and from which copy;
 //! - [`balance`]: starting and retiring slaves until there are `target` of them;
+//! - [`place`]: the host for a new copy;
 //! - [`heal`]: a worker gone (forgotten in ZooKeeper, replaced or not), holding starts back after failed ones,
-//!   removing the folders of gone workers;
+//!   removing the copies of gone workers;
 //! - [`crash`]: the crash APIs' choice of victim, and killing a worker on request.
 
 mod adopt;
 mod balance;
 mod crash;
 mod heal;
+mod place;
 mod restore;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::coord::CopyRecord;
 use protocol::Role;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cluster::{new_worker_id, ClusterHandle, Msg, WorkerTemplate};
-use crate::folders::Folders;
 use crate::runtime::{Exited, WorkerProcess, WorkerRuntime};
 use crate::view::{ClusterView, Registry};
 
-use restore::Electorate;
-pub use restore::{ELECTION_GRACE, STAND_GRACE};
+use restore::{Electorate, Restoring};
+pub use restore::{ELECTION_GRACE, RECORD_SETTLE, REPORT_WAIT, STAND_GRACE};
 
 /// How often the supervisor looks again without being told anything: retries and the graces above run on
 /// it, so they end at most this late.
 const TICK: Duration = Duration::from_millis(500);
+
+/// How long writing a copy's record to ZooKeeper may take before the start it precedes is given up (and
+/// held back, like any failed start).
+const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the supervisor is given at start.
 pub struct Settings {
@@ -72,13 +85,13 @@ struct Managed {
     registered: bool,
 }
 
-/// Why a folder has no worker.
+/// Why a registered copy has no worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Idle {
     /// Found at start: a worker of an earlier run. May be restarted as a slave on its own id.
     PreviousRun,
-    /// Its worker died under this supervisor; replaced by a fresh worker, never restarted (except to restore
-    /// a master from it).
+    /// Its worker died under this supervisor (or never started); replaced by a fresh worker, never restarted
+    /// except to restore a master.
     Died,
 }
 
@@ -96,10 +109,9 @@ struct Supervisor {
     registry: Registry,
     view: watch::Receiver<ClusterView>,
     template: WorkerTemplate,
-    folders: Folders,
     healing: bool,
     /// Set once the cluster first has a master. Until then the cluster is brought up (launched, or restored
-    /// from its folders) even without self-healing.
+    /// from its copies) even without self-healing.
     booted: bool,
     target: watch::Sender<usize>,
     workers: BTreeMap<String, Managed>,
@@ -109,8 +121,10 @@ struct Supervisor {
     pending_master: Option<String>,
     /// Dead workers whose znodes could not be removed yet, by id: retried every tick.
     unforgotten: BTreeMap<String, u32>,
-    /// Folders without a running worker.
+    /// Registered copies without a running worker.
     idle: BTreeMap<String, Idle>,
+    /// A master being restored from the copies, until it is started (or the restore is given up).
+    restoring: Option<Restoring>,
     no_master_since: Option<Instant>,
     /// Starts are held back until then after failed starts.
     hold_until: Option<Instant>,
@@ -132,13 +146,11 @@ pub async fn spawn(
     // Messages are small and handled quickly; a caller waits for room rather than fails.
     let (tx, rx) = mpsc::channel(64);
     let (target, target_rx) = watch::channel(settings.initial_slaves);
-    let folders = Folders::new(&settings.template.data_dir);
     let mut s = Supervisor {
         runtime: runtime.clone(),
         registry,
         view: view.clone(),
         template: settings.template,
-        folders,
         healing: settings.self_healing,
         booted: false,
         target,
@@ -147,6 +159,7 @@ pub async fn spawn(
         pending_master: None,
         unforgotten: BTreeMap::new(),
         idle: BTreeMap::new(),
+        restoring: None,
         no_master_since: None,
         hold_until: None,
         failed_starts: 0,
@@ -158,15 +171,16 @@ pub async fn spawn(
     if running_slaves > settings.initial_slaves {
         s.target.send_replace(running_slaves);
     }
-    for id in s.folders.ids()? {
-        if !s.workers.contains_key(&id) {
-            s.idle.insert(id, Idle::PreviousRun);
+    for id in current.copies.keys() {
+        if !s.workers.contains_key(id) {
+            s.idle.insert(id.clone(), Idle::PreviousRun);
         }
     }
     tracing::info!(
         adopted = ?s.workers.keys().collect::<Vec<_>>(),
         master = ?current.master.as_ref().map(|m| &m.id),
-        folders_without_worker = ?s.idle.keys().collect::<Vec<_>>(),
+        copies_without_worker = ?s.idle.keys().collect::<Vec<_>>(),
+        hosts = ?s.runtime.hosts(),
         target_slaves = *s.target.borrow(),
         self_healing = s.healing,
         "supervisor starting"
@@ -218,8 +232,7 @@ impl Supervisor {
             }
             Msg::AddSlave { done } => {
                 self.target.send_modify(|t| *t += 1);
-                let id = self.reusable_folder().await.unwrap_or_else(new_worker_id);
-                let started = if self.start(id.clone(), Role::Slave).await {
+                let started = if let Some(id) = self.start_slave().await {
                     tracing::info!(
                         worker = %id,
                         target = *self.target.borrow(),
@@ -266,6 +279,7 @@ impl Supervisor {
         }
         if let Some(master) = &view.master {
             self.booted = true;
+            self.restoring = None;
             if let Some(pending) = self.pending_master.take() {
                 if pending != master.id {
                     tracing::warn!(
@@ -304,27 +318,40 @@ impl Supervisor {
         if hands_off || self.held() {
             return;
         }
-        if self.needs_master(&view) {
+        self.record_unknown_copies(&view).await;
+        // A restore once begun goes on until it starts a master (or gives up): the slaves it starts on the last
+        // in-sync set's copies make that set look alive, though none of them can be elected.
+        if self.restoring.is_some() || self.needs_master(&view) {
             self.restore_master(&view).await;
-            if self.held() {
+            if self.held() || self.restoring.is_some() {
                 return;
             }
         }
         self.balance_slaves(&view).await;
-        self.remove_idle_folders(&view).await;
+        self.remove_idle_copies(&view).await;
     }
 
-    /// Starts a worker; false (and starts held back) when it could not be started.
+    /// Starts a worker on its registered copy, on the host that holds it; false (and starts held back) when it
+    /// could not be started.
     async fn start(&mut self, id: String, role: Role) -> bool {
-        let spec = self.template.spec(&id, role);
         let reused = self.idle.remove(&id);
-        match self.runtime.start(spec).await {
-            Ok(WorkerProcess { id, pid }) => {
+        let host = self.view.borrow().copies.get(&id).map(|c| c.host.clone());
+        let started = match host {
+            Some(host) => self
+                .runtime
+                .start(self.template.spec(&id, role, &host))
+                .await
+                .map(|p| (p, host)),
+            None => Err(anyhow::anyhow!("the registry of copies holds no copy {id}")),
+        };
+        match started {
+            Ok((WorkerProcess { id, pid }, host)) => {
                 tracing::info!(
                     worker = %id,
                     pid,
                     ?role,
-                    reused_folder = reused.is_some(),
+                    %host,
+                    reused_copy = reused.is_some(),
                     "started a worker"
                 );
                 if role == Role::Master {
@@ -341,11 +368,65 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!(worker = %id, ?role, "starting a worker: {e:#}");
-                if let Some(why) = reused {
-                    self.idle.insert(id, why);
-                }
+                self.idle.insert(id, reused.unwrap_or(Idle::Died));
                 self.hold();
                 false
+            }
+        }
+    }
+
+    /// Starts a worker on a new copy on `host`: the copy is recorded in the registry first, so that no copy
+    /// exists that a later orchestrator would not find. `None` (and starts held back) when it could not be.
+    async fn start_new(&mut self, role: Role, host: String) -> Option<String> {
+        let id = new_worker_id();
+        let record = CopyRecord { host };
+        let recorded =
+            tokio::time::timeout(RECORD_TIMEOUT, self.registry.record_copy(&id, record)).await;
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(worker = %id, "recording a new copy: {e:#}; not starting it");
+                self.hold();
+                return None;
+            }
+            Err(_) => {
+                tracing::error!(worker = %id, "recording a new copy timed out; not starting it");
+                self.hold();
+                return None;
+            }
+        }
+        self.start(id.clone(), role).await.then_some(id)
+    }
+
+    /// The host for a new copy (see [`place`]).
+    fn place(&self, view: &ClusterView) -> Option<String> {
+        let hosts = self.runtime.hosts();
+        place::place(&hosts, &view.copies, |id| self.workers.contains_key(id)).map(str::to_owned)
+    }
+
+    /// Records the copies of workers run here that the registry does not hold: adopted from an orchestrator
+    /// that kept no registry, whose runtime had one host, where they are recorded.
+    async fn record_unknown_copies(&mut self, view: &ClusterView) {
+        let unknown: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|id| !view.copies.contains_key(*id))
+            .cloned()
+            .collect();
+        let Some(host) = self.runtime.hosts().into_iter().next() else {
+            return;
+        };
+        for id in unknown {
+            let record = CopyRecord { host: host.clone() };
+            match tokio::time::timeout(RECORD_TIMEOUT, self.registry.record_copy(&id, record)).await
+            {
+                Ok(Ok(())) => tracing::warn!(
+                    worker = %id,
+                    %host,
+                    "a running worker's copy was not in the registry of copies: recorded"
+                ),
+                Ok(Err(e)) => tracing::warn!(worker = %id, "recording a copy: {e:#}; will retry"),
+                Err(_) => tracing::warn!(worker = %id, "recording a copy timed out; will retry"),
             }
         }
     }
@@ -354,7 +435,7 @@ impl Supervisor {
         match self.runtime.is_running_anywhere(id).await {
             Ok(running) => running,
             Err(e) => {
-                // When in doubt, the folder is in use: reusing or removing it is what must not happen.
+                // When in doubt, the copy is in use: starting on it or removing it is what must not happen.
                 tracing::warn!(worker = %id, "checking whether the worker runs: {e:#}");
                 true
             }
@@ -433,6 +514,7 @@ mod fixtures {
                 })
                 .collect(),
             candidates: candidates.iter().map(|c| (*c).to_owned()).collect(),
+            copies: BTreeMap::new(),
         }
     }
 

@@ -9,9 +9,12 @@ pub mod machine;
 pub mod reads;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use lapin::message::Delivery;
 use lapin::options::{
@@ -19,7 +22,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use protocol::coord::WorkerRecord;
+use protocol::coord::{WorkerRecord, RECORD_REFRESH};
+use protocol::disk::META_TABLE;
 use protocol::queue::{Command, CommandReply, SyncMessage};
 use protocol::Role;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -40,8 +44,6 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long a retiring slave waits for its reads in flight, and for the master to let it go.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the slave refreshes its registration (its applied seq) in ZooKeeper.
-const RECORD_REFRESH: Duration = Duration::from_secs(1);
 
 /// How a slave's run ends.
 pub enum End {
@@ -73,14 +75,32 @@ pub async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<End> {
     let names = config.names();
+    // Registered with how far the copy on disk got, before anything replaces it: after the whole cluster
+    // stopped, the orchestrator restores the master from the furthest copy that the workers report.
+    let path = config.db_path();
+    let on_disk = tokio::task::spawn_blocking(move || copy_position(&path))
+        .await
+        .context("reading the copy on disk")?
+        .context(
+            "the copy on disk cannot be read; not starting as a slave, which would replace it (it may hold \
+             writes that no other copy has)",
+        )?;
+    // Reported until a snapshot replaces the copy: until then the machine holds no database, and the copy on
+    // disk is what the orchestrator must know about.
+    let mut on_disk = Some(on_disk);
     let mut record = WorkerRecord {
         id: config.id.clone(),
         pid: config.pid(),
         role: Role::Slave,
-        epoch: 0,
-        applied_seq: 0,
+        epoch: on_disk.map_or(0, |p| p.0),
+        applied_seq: on_disk.map_or(0, |p| p.1),
     };
     zk.register(&record).await?;
+    tracing::info!(
+        epoch = record.epoch,
+        seq = record.applied_seq,
+        "registered with the position of the copy on disk"
+    );
     let election = Election::new(zk);
 
     // Bind first: every entry published from now on waits in our queue while the snapshot is made.
@@ -188,6 +208,12 @@ pub async fn run(
                 let (request, _) = pending.take().expect("guarded");
                 match request {
                     Request::Snapshot => {
+                        if matches!(answer, Ok(CommandReply::Snapshot(_))) {
+                            // The copy on disk is about to be replaced: from now on the record reports the
+                            // machine's position, at once rather than up to a refresh later.
+                            on_disk = None;
+                            refresh.reset_immediately();
+                        }
                         let snapshot = match answer {
                             Ok(CommandReply::Snapshot(s)) => Ok(s),
                             Ok(other) => Err(format!("unexpected answer: {other:?}")),
@@ -238,7 +264,7 @@ pub async fn run(
             }
             () = sleep_until(wake), if wake.is_some() => slave.on_timer(now()),
             _ = refresh.tick() => {
-                (record.epoch, record.applied_seq) = slave.position();
+                (record.epoch, record.applied_seq) = on_disk.unwrap_or_else(|| slave.position());
                 if let Err(e) = zk.update(&record).await {
                     tracing::warn!("refreshing our znode: {e:#}");
                 }
@@ -246,6 +272,28 @@ pub async fn run(
             }
         };
     }
+}
+
+/// How far the copy at `path` got, read without changing it: (0, 0) when there is no database yet (no file, or
+/// one the worker never set up). An error means a file that exists and cannot be read.
+fn copy_position(path: &Path) -> anyhow::Result<(u64, u64)> {
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let conn = crate::db::open_reader(path)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [META_TABLE],
+            |r| r.get(0),
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+    if tables == 0 {
+        return Ok((0, 0));
+    }
+    crate::db::read_position(&conn).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Hands one message of the log to the machine, remembering where its acknowledgement goes.
@@ -346,4 +394,41 @@ async fn bind_sync_queue(
 fn rand_session() -> u64 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     u64::from_le_bytes(bytes[..8].try_into().expect("eight bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_reports_the_position_recorded_in_it_and_no_copy_reports_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(protocol::disk::DB_FILE);
+        assert_eq!(copy_position(&path).unwrap(), (0, 0));
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        }
+        assert_eq!(copy_position(&path).unwrap(), (0, 0), "never set up");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TABLE {META_TABLE} (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO {META_TABLE} VALUES ('epoch', 2), ('seq', 7);"
+            ))
+            .unwrap();
+            // Still open, as after a crash: the last writes are in the WAL only.
+            assert_eq!(copy_position(&path).unwrap(), (2, 7));
+            std::mem::forget(conn);
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_an_error_not_an_empty_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(protocol::disk::DB_FILE);
+        std::fs::write(&path, b"this is not sqlite, but it is not empty either").unwrap();
+        assert!(copy_position(&path).is_err());
+    }
 }
