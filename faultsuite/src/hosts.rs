@@ -33,6 +33,15 @@ impl Host {
     }
 }
 
+/// How a host's link was degraded (see [`Testbed::netem`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degraded {
+    /// `tc netem`: delay with jitter, and loss.
+    Netem,
+    /// No netem in this kernel: a slow token bucket (delay under load) and random drops.
+    RateAndDrop,
+}
+
 /// How two hosts' traffic is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -220,16 +229,20 @@ impl Testbed {
         Ok(())
     }
 
-    /// Delay (with jitter) and loss on everything a host sends.
+    /// Delay (with jitter) and loss on everything a host sends, with `tc netem`. Where the kernel has no netem
+    /// (as on the development machine's VM: no `sch_netem`), the same fault is approximated: loss with
+    /// iptables' `statistic` match, delay with a token bucket (`tbf`) slow enough that packets queue. Returns
+    /// which of the two it used.
     pub fn netem(
         &self,
         name: &str,
         delay_ms: u32,
         jitter_ms: u32,
         loss_percent: u32,
-    ) -> anyhow::Result<()> {
-        run_in(
-            self.host(name),
+    ) -> anyhow::Result<Degraded> {
+        let host = self.host(name);
+        let netem = run_in(
+            host,
             "tc",
             &[
                 "qdisc",
@@ -244,7 +257,50 @@ impl Testbed {
                 "loss",
                 &format!("{loss_percent}%"),
             ],
-        )
+        );
+        if netem.is_ok() {
+            return Ok(Degraded::Netem);
+        }
+        // 256 kbit/s with a queue of `delay` worth of bytes: a busy link waits about that long.
+        let queue_bytes = (256_000 / 8) * u64::from(delay_ms.max(1)) / 1000;
+        run_in(
+            host,
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                "256kbit",
+                "burst",
+                "16kb",
+                "limit",
+                &format!("{}", queue_bytes.max(16_384)),
+            ],
+        )?;
+        if loss_percent > 0 {
+            let probability = format!("{:.3}", f64::from(loss_percent) / 100.0);
+            run_in(
+                host,
+                "iptables",
+                &[
+                    "-A",
+                    "OUTPUT",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &probability,
+                    "-j",
+                    "DROP",
+                ],
+            )?;
+        }
+        Ok(Degraded::RateAndDrop)
     }
 
     /// Heals the network: no cut, no delay, no loss, on any host.

@@ -38,7 +38,8 @@ pub enum Fault {
     RestartZooKeeper,
     /// A host's wall clock stepped by up to the step bound, and back at the heal.
     ClockStep,
-    /// Delay (with jitter) and loss on everything the master's host sends.
+    /// Delay (with jitter) and loss on everything the master's host sends (`tc netem`, or where the kernel has
+    /// none, a slow token bucket and random drops).
     Netem,
 }
 
@@ -288,7 +289,8 @@ pub fn apply(
             Some(m) => {
                 let delay = rng.random_range(20..200);
                 let loss = rng.random_range(0..10);
-                bed.netem(&m, delay, delay / 2, loss)?;
+                let how = bed.netem(&m, delay, delay / 2, loss)?;
+                tracing::info!(host = %m, delay, loss, ?how, "degraded link");
                 Applied::Network
             }
             None => Applied::Nothing,
