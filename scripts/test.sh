@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: makes sure the tools and RabbitMQ/ZooKeeper are there (quick when they already are), then runs
-# every test of the workspace, then the container test when Docker is there. Extra arguments go to the test runner
-# (e.g. a test name filter).
+# every test of the workspace, a short run of the fault suite, then the container test when Docker is there. Extra
+# arguments go to the test runner (e.g. a test name filter).
 # Exits non-zero when any test fails.
 #
 # Environment: RIDESHARE_TEST_THREADS, how many tests run at once (default: the number of CPUs). Tests start
@@ -31,6 +31,14 @@ cargo nextest run --workspace --no-fail-fast --no-tests=pass --test-threads "$th
 cargo nextest run -p e2e --no-fail-fast --no-tests=pass --test-threads 1 -E 'test(/^disruptive::/)' "$@" || status=$?
 # nextest does not run doc tests.
 cargo test --workspace --doc || status=$?
+# The fault suite, a short run: the system across hosts of its own (network namespaces; needs root) under a
+# seeded nemesis, its history checked for linearizability and lost writes, and the cluster answering again after
+# the last heal. The report is left in target/faultsuite/. Longer runs: target/debug/faultsuite --help. Not when
+# the command was given a test filter.
+if (($# == 0)); then
+    target/debug/faultsuite --seconds "${RIDESHARE_FAULTSUITE_SECONDS:-90}" \
+        --seed "${RIDESHARE_FAULTSUITE_SEED:-1}" --out target/faultsuite || status=$?
+fi
 # The whole system as containers under Compose, with the images built from this tree (scripts/docker-build.sh
 # also creates the base image where none can be pulled). Only where a Docker engine answers; said when skipped.
 if docker info >/dev/null 2>&1; then
