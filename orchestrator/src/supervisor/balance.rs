@@ -21,7 +21,10 @@ enum Balance {
     Nothing,
 }
 
-/// The running slaves (not retiring), by id: every worker run but the master, or the one started to be it.
+/// The running slaves (not retiring), by id: every worker run but the master, or the one started to be it, and
+/// but a worker whose registration has gone from ZooKeeper although its process lives. That one's session ended
+/// (it was paused or cut off past its timeout: a master deposed that way, say); it exits as soon as it runs again,
+/// and counting it would retire a healthy slave in its place.
 fn slaves(
     view: &ClusterView,
     workers: &BTreeMap<String, Managed>,
@@ -34,7 +37,9 @@ fn slaves(
         .map(|m| m.id.as_str())
         .or(pending_master);
     workers
-        .keys()
+        .iter()
+        .filter(|(id, w)| !w.registered || view.workers.contains_key(*id))
+        .map(|(id, _)| id)
         .filter(|id| Some(id.as_str()) != master && !retiring.contains(*id))
         .cloned()
         .collect()
@@ -158,15 +163,33 @@ mod tests {
 
     #[test]
     fn the_slaves_are_the_workers_run_but_the_master_and_the_retiring() {
-        let workers = managed(&[("m", 1), ("a", 2), ("b", 3), ("p", 4)]);
+        let mut workers = managed(&[("m", 1), ("a", 2), ("b", 3), ("p", 4)]);
+        // p has just been started: not registered yet, it counts.
+        workers.get_mut("p").unwrap().registered = false;
         let v = view(Some("m"), &[("m", 1), ("a", 2), ("b", 3)], &[], &[]);
         let retiring = BTreeSet::from(["b".to_owned()]);
         assert_eq!(slaves(&v, &workers, &retiring, None), ["a", "p"]);
         // Without a master, the worker started to be one is no slave either.
-        let no_master = view(None, &[("a", 2)], &[], &[]);
+        let no_master = view(None, &[("a", 2), ("m", 1)], &[], &[]);
         assert_eq!(
             slaves(&no_master, &workers, &retiring, Some("p")),
             ["a", "m"]
+        );
+    }
+
+    #[test]
+    fn a_worker_whose_registration_is_gone_is_no_slave_so_no_healthy_slave_is_retired_for_it() {
+        // The old master was paused past its session: a new master (a) took over, b is in sync, and the old
+        // master's process (m) lives on without a registration.
+        let workers = managed(&[("m", 1), ("a", 2), ("b", 3)]);
+        let v = view(Some("a"), &[("a", 2), ("b", 3)], &["b"], &[]);
+        let running = slaves(&v, &workers, &BTreeSet::new(), None);
+        assert_eq!(running, ["b"]);
+        let with_pids = running.into_iter().map(|id| (id, 3)).collect();
+        assert_eq!(
+            balance(2, with_pids, v.in_sync_members()),
+            Balance::Start(1),
+            "a replacement, not a retirement"
         );
     }
 
