@@ -33,8 +33,11 @@ pub enum Fault {
     PauseOrchestrator,
     KillMaster,
     KillSlave,
+    /// The orchestrator killed, and started again at the end of the window.
     KillOrchestrator,
+    /// RabbitMQ killed and started again at once (its window is what that takes).
     RestartBroker,
+    /// ZooKeeper killed and started again at once.
     RestartZooKeeper,
     /// A host's wall clock stepped by up to the step bound, and back at the heal.
     ClockStep,

@@ -220,18 +220,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<Outcome> {
         )
         .with_context(|| format!("applying {}", fault.name()))?;
         tracing::info!(fault = fault.name(), ?applied, ?window, "fault");
-        if let Applied::Restart(kind) = applied {
-            service(kind, &mut zk, &mut mq, &mut orchestrator)
-                .kill()
-                .await;
-        }
-        tokio::time::sleep(window).await;
-        nemesis::heal(&applied, &bed, &clocks)?;
-        if let Applied::Restart(kind) = applied {
-            service(kind, &mut zk, &mut mq, &mut orchestrator)
-                .start()
-                .await
-                .with_context(|| format!("starting {kind:?} again"))?;
+        match applied {
+            // A restart: killed, and started again at once; the window is what the restart takes. (Down for
+            // longer than the ZooKeeper session timeout is another fault: every session expires with it.)
+            Applied::Restart(kind @ (Kind::ZooKeeper | Kind::RabbitMq)) => {
+                let service = service(kind, &mut zk, &mut mq, &mut orchestrator);
+                service.kill().await;
+                service
+                    .start()
+                    .await
+                    .with_context(|| format!("starting {kind:?} again"))?;
+            }
+            // The orchestrator stays dead for the window, as if its supervisor were slow to start it again.
+            Applied::Restart(Kind::Orchestrator) => {
+                orchestrator.kill().await;
+                tokio::time::sleep(window).await;
+                orchestrator
+                    .start()
+                    .await
+                    .context("starting the orchestrator again")?;
+            }
+            _ => {
+                tokio::time::sleep(window).await;
+                nemesis::heal(&applied, &bed, &clocks)?;
+            }
         }
         last_heal = Instant::now();
         recorder.record(Entry::Fault(history::Fault {
