@@ -59,15 +59,23 @@ pub struct Outcome {
     pub recovered_after: Option<Duration>,
 }
 
+/// The run's own folder under `out`, as an absolute path: the services are started with paths into it (ZooKeeper's
+/// `zkServer.sh`, for one, changes folder before it reads its configuration), so a relative `--out` would point
+/// them elsewhere.
+fn run_dir(out: &Path, seed: u64, unix_secs: u64) -> anyhow::Result<PathBuf> {
+    let out = std::path::absolute(out).with_context(|| format!("resolving {}", out.display()))?;
+    Ok(out.join(format!("run-{seed}-{unix_secs}")))
+}
+
 /// Runs the suite once. Needs root (network namespaces).
 pub async fn run(settings: Settings) -> anyhow::Result<Outcome> {
-    let dir = settings.out.join(format!(
-        "run-{}-{}",
+    let dir = run_dir(
+        &settings.out,
         settings.seed,
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    ));
+            .map_or(0, |d| d.as_secs()),
+    )?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut rng = StdRng::seed_from_u64(settings.seed);
 
@@ -327,4 +335,21 @@ pub fn own_bin_dir() -> anyhow::Result<PathBuf> {
 /// Whether `dir` holds the binaries a run needs.
 pub fn binaries_present(dir: &Path) -> bool {
     dir.join("worker").is_file() && dir.join("orchestrator").is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_out_folder_gives_an_absolute_run_folder_under_the_current_one() {
+        let dir = run_dir(Path::new("target/faultsuite"), 7, 1_700_000_000).unwrap();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert_eq!(
+            dir,
+            std::env::current_dir()
+                .unwrap()
+                .join("target/faultsuite/run-7-1700000000")
+        );
+    }
 }
