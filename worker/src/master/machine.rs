@@ -296,6 +296,26 @@ impl Master {
         Ok(effects)
     }
 
+    /// The I/O loop could not act for `stalled` (it waited to be sure it still holds the master role, with
+    /// ZooKeeper out of reach): messages the machine had published were sent that much later, and the slaves'
+    /// acknowledgements waited unread. Time the master itself stood still does not count against a member:
+    /// the silence and round deadlines move on by as much. (The leases do not: they end when they end.)
+    pub fn on_stalled(&mut self, stalled: Duration) {
+        if stalled.is_zero() {
+            return;
+        }
+        for p in &mut self.published {
+            *p += stalled;
+        }
+        match &mut self.stage {
+            Stage::Replicating(round)
+            | Stage::Dropping {
+                round: Some(round), ..
+            } => round.deadline += stalled,
+            Stage::Idle | Stage::Dropping { round: None, .. } => {}
+        }
+    }
+
     /// A slave's acknowledgement, heard at `now`.
     pub fn on_ack(&mut self, now: Instant, ack: SyncAck) -> Vec<Effect> {
         if ack.epoch != self.params.epoch {

@@ -8,6 +8,7 @@
 pub mod machine;
 mod round;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ struct Io<'a> {
     sync: Channel,
     /// Where to answer each command delivered and not yet acknowledged to the broker, by delivery tag.
     reply_to: BTreeMap<u64, Option<ReplyTo>>,
+    /// How long [`Io::ensure_leader`] has waited since the machine was last told (see [`Master::on_stalled`]).
+    stalled: Cell<Duration>,
 }
 
 /// Serves as master on `db`, with the role already taken in ZooKeeper (see [`Coord::take_master_role`]).
@@ -106,6 +109,7 @@ pub async fn run(
         commands,
         sync,
         reply_to: BTreeMap::new(),
+        stalled: Cell::new(Duration::ZERO),
     };
     io.carry_out(effects).await?;
     let mut refresh = tokio::time::interval(RECORD_REFRESH);
@@ -123,6 +127,7 @@ pub async fn run(
                 }
                 // A master that may have been replaced does not even change its own copy.
                 io.ensure_leader().await?;
+                master.on_stalled(io.stalled.take());
                 tokio::task::block_in_place(|| master.on_commands(now(), batch))?
             }
             ack = acks.recv() => {
@@ -145,6 +150,7 @@ pub async fn run(
             }
         };
         io.carry_out(effects).await?;
+        master.on_stalled(io.stalled.take());
     }
 }
 
@@ -286,8 +292,14 @@ impl Io<'_> {
     async fn ensure_leader(&self) -> anyhow::Result<()> {
         // Twice the session timeout: a session that is merely suspended comes back within one; past that it
         // has expired, and `session_lost` ends the process anyway.
-        let deadline = Instant::now() + Duration::from_millis(2 * self.config.zk_session_ms);
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(2 * self.config.zk_session_ms);
         let mut leadership = self.zk.leadership();
+        if self.zk.is_leader() {
+            return Ok(());
+        }
+        // Whatever comes of it, the time waited is time the machine's deadlines must not count.
+        let _stall = StallGuard(&self.stalled, start);
         while !self.zk.is_leader() {
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -297,5 +309,14 @@ impl Io<'_> {
             let _ = tokio::time::timeout(Duration::from_millis(20), leadership.changed()).await;
         }
         Ok(())
+    }
+}
+
+/// Adds the time from its start to its drop to a stall counter.
+struct StallGuard<'a>(&'a Cell<Duration>, Instant);
+
+impl Drop for StallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + self.1.elapsed());
     }
 }

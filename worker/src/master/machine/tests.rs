@@ -499,3 +499,58 @@ fn a_slave_let_in_behind_what_was_committed_gets_no_lease_and_no_place_in_the_se
         .iter()
         .any(|g| g.worker == "b"));
 }
+
+/// The I/O loop stalls (ZooKeeper out of reach, the role to be confirmed) with a round's entry and heartbeats
+/// published by the machine but not yet sent, and the members' acknowledgements unread. When it goes on, the
+/// members are not dropped for the time the master stood still: they acknowledge what is then sent, and the write
+/// is answered.
+#[test]
+fn a_stall_of_the_master_itself_is_not_counted_against_its_members() {
+    let t0 = Instant::now();
+    let (_d, mut m) = master(t0);
+    admit(&mut m, t0, &["a", "b"]);
+    let effects = m.on_commands(t0, vec![writes(1, &["x"])]).unwrap();
+    let seq = entry_seqs(&effects)[0];
+
+    // The entry goes out only after a stall of twice the ack timeout.
+    let stall = ACK_TIMEOUT * 2;
+    m.on_stalled(stall);
+    let resumed = t0 + stall;
+    let effects = m.on_timer(resumed);
+    assert_eq!(m.members(), ["a", "b"], "nobody dropped: {effects:?}");
+    assert!(replies(&effects).is_empty());
+
+    // Their acknowledgements of the entry come in just after; the write is answered with both in the set.
+    m.on_ack(resumed + ms(3), ack("a", seq, 2));
+    let effects = m.on_ack(resumed + ms(4), ack("b", seq, 2));
+    assert!(
+        replies(&effects)
+            .iter()
+            .any(|(tag, r)| *tag == 1 && written(r)),
+        "{effects:?}"
+    );
+    assert_eq!(m.members(), ["a", "b"]);
+
+    // Idle now, another stall: the heartbeats published before it are not held against them either.
+    let before = m.next_timer().max(resumed + ms(5));
+    let effects = m.on_timer(before);
+    assert_eq!(published(&effects).len(), 1, "a heartbeat");
+    m.on_stalled(stall);
+    let resumed = before + stall;
+    m.on_timer(resumed);
+    assert_eq!(m.members(), ["a", "b"]);
+
+    // A member that still says nothing once the master acts again is dropped after the ack timeout as ever.
+    let mut now = resumed;
+    while now < resumed + ACK_TIMEOUT + HEARTBEAT * 2 && m.members().len() == 2 {
+        now = m.next_timer();
+        if !published(&m.on_timer(now)).is_empty() {
+            m.on_ack(now, ack("a", m.seq(), 6));
+        }
+    }
+    assert_eq!(m.members(), ["a"], "b, silent after the stall, dropped");
+    assert!(
+        now >= resumed + ACK_TIMEOUT,
+        "given the whole ack timeout after the stall"
+    );
+}
