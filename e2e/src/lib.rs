@@ -534,18 +534,29 @@ impl Cluster {
         );
     }
 
-    /// Asserts every live worker holds the same data, and returns it.
+    /// Asserts every live worker comes to hold the same data as the master, and returns it. A slave may still be
+    /// installing a snapshot or applying the last entries (one that resynced rejoins after the writes that went on
+    /// without it), so each gets [`SETTLE`] to converge; one that still differs then has diverged.
     pub async fn assert_all_identical(&self) -> String {
         let ids = self.live_ids().await;
         assert!(ids.len() >= 2, "fewer than two workers: {ids:?}");
         let master = self.master_id();
         let expected = self.dump(&master);
+        let deadline = tokio::time::Instant::now() + SETTLE;
         for id in ids {
-            assert_eq!(
-                self.dump(&id),
-                expected,
-                "worker {id} differs from the master {master}"
-            );
+            loop {
+                let dump = self.dump(&id);
+                if dump == expected {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    assert_eq!(
+                        dump, expected,
+                        "worker {id} still differs from the master {master} after {SETTLE:?}"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         expected
     }
