@@ -27,6 +27,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Ports, the same on every host (each host has its own network namespace).
 pub const ZK_PORT: u16 = 2181;
 pub const AMQP_PORT: u16 = 5672;
+/// The home of Debian's `rabbitmq` user.
+const RABBITMQ_HOME: &str = "/var/lib/rabbitmq";
 pub const ORCHESTRATOR_PORT: u16 = 8083;
 
 /// The wall clock of one host, as an offset from the machine's own, in a file its processes read.
@@ -140,6 +142,8 @@ pub struct Service {
     command: Vec<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Files of the service's own kept outside `dir` (RabbitMQ's), removed with it; it runs in this folder.
+    state: Option<tempfile::TempDir>,
 }
 
 impl Service {
@@ -171,28 +175,39 @@ impl Service {
                 ("ZOO_LOG_DIR".into(), dir.display().to_string()),
             ],
             child: None,
+            state: None,
         })
     }
 
-    /// RabbitMQ on `host`, with its database and logs under `dir`, accepting connections from every host (its
-    /// default user is otherwise limited to loopback).
+    /// RabbitMQ on `host`, with its output in `dir/out.log`, accepting connections from every host (its default
+    /// user is otherwise limited to loopback).
     pub fn rabbitmq(host: &Host, dir: &Path) -> anyhow::Result<Service> {
-        std::fs::create_dir_all(dir.join("mnesia"))?;
-        std::fs::create_dir_all(dir.join("log"))?;
+        std::fs::create_dir_all(dir)?;
+        // The broker runs as the `rabbitmq` user (as Debian's service does), which must own its database, and
+        // reach it: `dir` may lie under a folder only root may enter (a CI clone in a `mktemp -d` folder, say), so
+        // its files go into a folder of its own under its home, which every step down to is open to it.
+        let state = tempfile::Builder::new()
+            .prefix("faultsuite-")
+            .tempdir_in(RABBITMQ_HOME)
+            .with_context(|| {
+                format!("making a folder in {RABBITMQ_HOME} (is rabbitmq-server installed?)")
+            })?;
+        let root = state.path();
+        std::fs::create_dir_all(root.join("mnesia"))?;
+        std::fs::create_dir_all(root.join("log"))?;
         std::fs::write(
-            dir.join("rabbitmq.conf"),
+            root.join("rabbitmq.conf"),
             format!(
                 "loopback_users = none\nlisteners.tcp.default = {}:{AMQP_PORT}\n",
                 host.addr
             ),
         )?;
-        // The broker runs as the `rabbitmq` user (as Debian's service does), which must own its folders.
         let chown = std::process::Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(dir)
+            .arg(root)
             .status()?;
-        anyhow::ensure!(chown.success(), "chown of {} failed", dir.display());
-        let d = |p: &str| dir.join(p).display().to_string();
+        anyhow::ensure!(chown.success(), "chown of {} failed", root.display());
+        let d = |p: &str| root.join(p).display().to_string();
         Ok(Service {
             kind: Kind::RabbitMq,
             host: host.clone(),
@@ -203,7 +218,7 @@ impl Service {
                 "rabbitmq".into(),
                 "--".into(),
                 "env".into(),
-                "HOME=/var/lib/rabbitmq".into(),
+                format!("HOME={RABBITMQ_HOME}"),
                 // `localhost` resolves in every namespace; the node talks to its tools over loopback.
                 "RABBITMQ_NODENAME=rabbit@localhost".into(),
                 format!("RABBITMQ_MNESIA_BASE={}", d("mnesia")),
@@ -214,6 +229,7 @@ impl Service {
             ],
             env: Vec::new(),
             child: None,
+            state: Some(state),
         })
     }
 
@@ -235,6 +251,7 @@ impl Service {
             command,
             env: clock.env(),
             child: None,
+            state: None,
         })
     }
 
@@ -248,7 +265,7 @@ impl Service {
         command
             .args(&self.command[1..])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.dir)
+            .current_dir(self.state.as_ref().map_or(self.dir.as_path(), |s| s.path()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -1,6 +1,8 @@
 //! The test bed for real: ZooKeeper and RabbitMQ started on hosts of their own, reached from the suite's side of
 //! the bridge, killed and started again; a host's clock offset seen by a program started with its launcher.
 
+use std::os::unix::fs::PermissionsExt;
+
 use faultsuite::hosts::{can_create_hosts, Testbed};
 use faultsuite::services::{self, HostClock, Service};
 
@@ -10,7 +12,10 @@ async fn zookeeper_and_rabbitmq_run_on_their_hosts_and_come_back_after_a_kill() 
         can_create_hosts(),
         "the test bed needs root, ip, iptables and tc (scripts/setup.sh)"
     );
+    // Under a folder only root may enter, as a CI clone in a `mktemp -d` folder is: the broker, which runs as
+    // its own user, must not need to reach it.
     let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut bed = Testbed::create(202, &["zk", "mq"]).unwrap();
     let mut zk = Service::zookeeper(bed.host("zk"), &dir.path().join("zk")).unwrap();
     let mut mq = Service::rabbitmq(bed.host("mq"), &dir.path().join("mq")).unwrap();
