@@ -336,6 +336,25 @@ impl Testbed {
     }
 
     fn remove_leftovers(&self) {
+        // The veth pairs first, by their root-side ends: deleting a link is done when `ip` returns, while the
+        // links inside a deleted namespace go later, in the background, and the next test bed on this subnet
+        // would meet their names ("File exists").
+        let veth = format!("{}v", self.tag);
+        if let Ok(out) = StdCommand::new("ip").args(["-o", "link", "show"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // "7: rs150v0@if6: <BROADCAST,…"
+                let Some(name) = line.split(": ").nth(1) else {
+                    continue;
+                };
+                let name = name.split('@').next().unwrap_or_default();
+                if name
+                    .strip_prefix(&veth)
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+                {
+                    let _ = run("ip", &["link", "del", name]);
+                }
+            }
+        }
         let prefix = format!("{}-", self.tag);
         let listed = StdCommand::new("ip").args(["netns", "list"]).output();
         if let Ok(out) = listed {
@@ -444,5 +463,8 @@ mod tests {
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&left.stdout).contains("rs201-"));
+        // The next run on the subnet can start at once: nothing of this one is still being removed.
+        let mut again = Testbed::create(201, &["a", "b", "c"]).unwrap();
+        again.teardown();
     }
 }
