@@ -416,7 +416,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_username_of_allowed_characters_round_trips(s in "[^\\p{Cc}]{1,128}") {
+        fn any_username_of_allowed_characters_round_trips(
+            // `.` and `..` are refused on purpose (a test above says so); the
+            // generator meets them often enough to fail a CI run.
+            s in "[^\\p{Cc}]{1,128}".prop_filter("a dot segment", |s| s != "." && s != ".."),
+        ) {
             let u = Username::parse(s.clone()).unwrap();
             prop_assert_eq!(u.as_str(), s.as_str());
             let json = serde_json::to_string(&u).unwrap();
