@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use protocol::queue::{Command, CommandReply, KeyedWrite, ReadBatch, ReadBatchReply, ReadReply};
 use protocol::ReadRequest;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::rpc::Rpc;
+use crate::rpc::{Rpc, RpcError};
 
 /// How requests of one kind travel together.
 pub trait BatchKind: Send + Sync + 'static {
@@ -23,7 +24,19 @@ pub trait BatchKind: Send + Sync + 'static {
     fn encode(&self, items: Vec<Self::Item>) -> serde_json::Result<Vec<u8>>;
     /// The replies, one per item, in order.
     fn decode(&self, body: &[u8], items: usize) -> Result<Vec<Self::Reply>, String>;
+    /// When a batch without an answer this long is sent again (and again after twice as long, and so on), the
+    /// first answer of any copy counting; `None`: one copy only.
+    fn hedge_after(&self) -> Option<Duration> {
+        None
+    }
 }
+
+/// When an unanswered read batch is sent again. A read takes milliseconds (p99 about 15 ms at 64 clients),
+/// or up to a write round while it waits for the commit point; a batch still out after this long most likely
+/// sits with a slave that cannot answer: one cut off from the network still holds the batches RabbitMQ
+/// delivered to it (up to its prefetch) until the broker notices the dead connection. Without a second copy,
+/// such a batch waits out its whole attempt (5 s), holding one of the few batch slots all reads share.
+const READ_HEDGE_AFTER: Duration = Duration::from_millis(250);
 
 /// Reads: a `ReadBatch` on `readQ`, answered by one slave with a `ReadBatchReply`. Nothing is kept between
 /// batches: a slave shows only committed data, under a lease, so reads never go back in time without the
@@ -45,6 +58,13 @@ impl BatchKind for Reads {
             return Err(format!("{} replies to {items} reads", reply.replies.len()));
         }
         Ok(reply.replies)
+    }
+
+    /// Reads may be sent twice: a read changes nothing, and each copy's answer alone is linearizable within
+    /// the request's span (a slave answers only under its lease and from committed data), so whichever comes
+    /// first will do.
+    fn hedge_after(&self) -> Option<Duration> {
+        Some(READ_HEDGE_AFTER)
     }
 }
 
@@ -186,7 +206,7 @@ async fn send<K: BatchKind>(kind: &K, rpc: &dyn Rpc, queue: &str, batch: Vec<Pen
     let n = items.len();
     let result = match kind.encode(items) {
         Err(e) => Err(Error::Internal(anyhow::anyhow!("encoding a batch: {e}"))),
-        Ok(body) => match rpc.call(queue, body, timeout).await {
+        Ok(body) => match call_hedged(rpc, queue, body, timeout, kind.hedge_after()).await {
             Err(e) => Err(Error::Unavailable(anyhow::anyhow!(
                 "request on {queue}: {e}"
             ))),
@@ -213,6 +233,40 @@ async fn send<K: BatchKind>(kind: &K, rpc: &dyn Rpc, queue: &str, batch: Vec<Pen
     }
 }
 
+/// Sends `body`, and again each time `hedge` (doubling) passes without an answer, until `timeout`; returns the
+/// first answer. A copy's failure ends the call only when no other copy is out.
+async fn call_hedged(
+    rpc: &dyn Rpc,
+    queue: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+    hedge: Option<Duration>,
+) -> Result<Vec<u8>, RpcError> {
+    let Some(mut wait) = hedge else {
+        return rpc.call(queue, body, timeout).await;
+    };
+    let deadline = Instant::now() + timeout;
+    let mut out = FuturesUnordered::new();
+    out.push(rpc.call(queue, body.clone(), timeout));
+    let mut next = Instant::now() + wait;
+    loop {
+        tokio::select! {
+            Some(result) = out.next() => match result {
+                Ok(reply) => return Ok(reply),
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => tracing::debug!("a copy of a request on {queue} failed: {e}"),
+            },
+            () = tokio::time::sleep_until(next), if next < deadline => {
+                tracing::debug!("no answer on {queue} after {wait:?}: sending the request again");
+                let left = deadline.saturating_duration_since(Instant::now());
+                out.push(rpc.call(queue, body.clone(), left));
+                wait *= 2;
+                next += wait;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -222,7 +276,6 @@ mod tests {
     use protocol::ReadResponse;
 
     use super::*;
-    use crate::rpc::RpcError;
 
     /// Answers each read batch after a pause (in paused time: it passes as soon as every task waits),
     /// echoing each read's SQL back as its one column; remembers the
@@ -243,21 +296,70 @@ mod tests {
                 let batch: ReadBatch = serde_json::from_slice(&body).unwrap();
                 self.batches.lock().unwrap().push(batch.reads.len());
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let replies = batch
-                    .reads
-                    .into_iter()
-                    .map(|r| {
-                        ReadReply::Rows(ReadResponse {
-                            columns: vec![r.sql],
-                            rows: vec![],
-                        })
+                Self::echo(&body)
+            })
+        }
+    }
+
+    impl SlowEcho {
+        fn echo(body: &[u8]) -> Result<Vec<u8>, RpcError> {
+            let batch: ReadBatch = serde_json::from_slice(body).unwrap();
+            let replies = batch
+                .reads
+                .into_iter()
+                .map(|r| {
+                    ReadReply::Rows(ReadResponse {
+                        columns: vec![r.sql],
+                        rows: vec![],
                     })
-                    .collect();
-                Ok(serde_json::to_vec(&ReadBatchReply {
-                    replies,
-                    position: ReadPosition::default(),
                 })
-                .unwrap())
+                .collect();
+            Ok(serde_json::to_vec(&ReadBatchReply {
+                replies,
+                position: ReadPosition::default(),
+            })
+            .unwrap())
+        }
+    }
+
+    /// A slave cut off from the network: the first `silent` copies sent are never answered (each waits out
+    /// its timeout, as a delivery held by a dead consumer does); the rest are echoed after 5 ms.
+    struct SilentFirst {
+        silent: usize,
+        sent: Mutex<usize>,
+    }
+
+    impl SilentFirst {
+        fn new(silent: usize) -> Arc<Self> {
+            Arc::new(Self {
+                silent,
+                sent: Mutex::new(0),
+            })
+        }
+        fn sent(&self) -> usize {
+            *self.sent.lock().unwrap()
+        }
+    }
+
+    impl Rpc for SilentFirst {
+        fn call<'a>(
+            &'a self,
+            _queue: &'a str,
+            body: Vec<u8>,
+            timeout: Duration,
+        ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+            Box::pin(async move {
+                let n = {
+                    let mut sent = self.sent.lock().unwrap();
+                    *sent += 1;
+                    *sent
+                };
+                if n <= self.silent {
+                    tokio::time::sleep(timeout).await;
+                    return Err(RpcError::TimedOut(timeout));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                SlowEcho::echo(&body)
             })
         }
     }
@@ -309,6 +411,54 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_batch_held_by_a_slave_that_cannot_answer_is_answered_by_a_copy() {
+        let rpc = SilentFirst::new(1);
+        let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
+        let start = Instant::now();
+        let reply = batcher.call(read("x"), Duration::from_secs(5)).await;
+        assert!(matches!(reply, Ok(ReadReply::Rows(_))), "{reply:?}");
+        assert_eq!(rpc.sent(), 2);
+        // The copy left after READ_HEDGE_AFTER and took 5 ms: the first copy's 5 s were not waited out.
+        assert_eq!(start.elapsed(), READ_HEDGE_AFTER + Duration::from_millis(5));
+        // The one batch slot is free again: the next read leaves at once.
+        let start = Instant::now();
+        batcher
+            .call(read("y"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn copies_of_an_unanswered_read_leave_at_doubling_intervals_until_its_time_runs_out() {
+        let rpc = SilentFirst::new(usize::MAX);
+        let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
+        let err = batcher
+            .call(read("x"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        // At 0, 250 ms, 750 ms, 1.75 s and 3.75 s; the next would be at 7.75 s.
+        assert_eq!(rpc.sent(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_batch_is_sent_once_however_long_it_waits() {
+        let rpc = SilentFirst::new(usize::MAX);
+        let writes = Batcher::start(Writes, rpc.clone(), "q".into(), 1, 64);
+        let write = KeyedWrite {
+            key: "k".into(),
+            statements: vec![],
+        };
+        let err = writes
+            .call(write, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert_eq!(rpc.sent(), 1);
     }
 
     #[test]
