@@ -243,11 +243,11 @@ async fn call_hedged(
     hedge: Option<Duration>,
 ) -> Result<Vec<u8>, RpcError> {
     let Some(mut wait) = hedge else {
-        return rpc.call(queue, body, timeout).await;
+        return rpc.call(queue, &body, timeout).await;
     };
     let deadline = Instant::now() + timeout;
     let mut out = FuturesUnordered::new();
-    out.push(rpc.call(queue, body.clone(), timeout));
+    out.push(rpc.call(queue, &body, timeout));
     let mut next = Instant::now() + wait;
     loop {
         tokio::select! {
@@ -259,7 +259,7 @@ async fn call_hedged(
             () = tokio::time::sleep_until(next), if next < deadline => {
                 tracing::debug!("no answer on {queue} after {wait:?}: sending the request again");
                 let left = deadline.saturating_duration_since(Instant::now());
-                out.push(rpc.call(queue, body.clone(), left));
+                out.push(rpc.call(queue, &body, left));
                 wait *= 2;
                 next += wait;
             }
@@ -277,75 +277,46 @@ mod tests {
 
     use super::*;
 
-    /// Answers each read batch after a pause (in paused time: it passes as soon as every task waits),
-    /// echoing each read's SQL back as its one column; remembers the
-    /// size of every batch.
-    #[derive(Default)]
-    struct SlowEcho {
+    /// Slaves behind `readQ`, in paused time (a pause passes as soon as every task waits). The first
+    /// `silent` copies sent are never answered: each waits out its timeout, as a delivery held by a slave cut
+    /// off from the network does. The rest are answered after `delay`, each read's SQL echoed back as its one
+    /// column. Remembers how many copies were sent and the size of every batch answered.
+    struct Slaves {
+        silent: usize,
+        delay: Duration,
+        sent: Mutex<usize>,
         batches: Mutex<Vec<usize>>,
     }
 
-    impl Rpc for SlowEcho {
-        fn call<'a>(
-            &'a self,
-            _queue: &'a str,
-            body: Vec<u8>,
-            _timeout: Duration,
-        ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
-            Box::pin(async move {
-                let batch: ReadBatch = serde_json::from_slice(&body).unwrap();
-                self.batches.lock().unwrap().push(batch.reads.len());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                Self::echo(&body)
-            })
-        }
-    }
-
-    impl SlowEcho {
-        fn echo(body: &[u8]) -> Result<Vec<u8>, RpcError> {
-            let batch: ReadBatch = serde_json::from_slice(body).unwrap();
-            let replies = batch
-                .reads
-                .into_iter()
-                .map(|r| {
-                    ReadReply::Rows(ReadResponse {
-                        columns: vec![r.sql],
-                        rows: vec![],
-                    })
-                })
-                .collect();
-            Ok(serde_json::to_vec(&ReadBatchReply {
-                replies,
-                position: ReadPosition::default(),
-            })
-            .unwrap())
-        }
-    }
-
-    /// A slave cut off from the network: the first `silent` copies sent are never answered (each waits out
-    /// its timeout, as a delivery held by a dead consumer does); the rest are echoed after 5 ms.
-    struct SilentFirst {
-        silent: usize,
-        sent: Mutex<usize>,
-    }
-
-    impl SilentFirst {
-        fn new(silent: usize) -> Arc<Self> {
+    impl Slaves {
+        fn new(silent: usize, delay: Duration) -> Arc<Self> {
             Arc::new(Self {
                 silent,
+                delay,
                 sent: Mutex::new(0),
+                batches: Mutex::default(),
             })
         }
+
+        /// Slaves that answer every batch after 50 ms.
+        fn slow() -> Arc<Self> {
+            Self::new(0, Duration::from_millis(50))
+        }
+
         fn sent(&self) -> usize {
             *self.sent.lock().unwrap()
         }
+
+        fn batches(&self) -> Vec<usize> {
+            self.batches.lock().unwrap().clone()
+        }
     }
 
-    impl Rpc for SilentFirst {
+    impl Rpc for Slaves {
         fn call<'a>(
             &'a self,
             _queue: &'a str,
-            body: Vec<u8>,
+            body: &'a [u8],
             timeout: Duration,
         ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
             Box::pin(async move {
@@ -358,8 +329,24 @@ mod tests {
                     tokio::time::sleep(timeout).await;
                     return Err(RpcError::TimedOut(timeout));
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                SlowEcho::echo(&body)
+                let batch: ReadBatch = serde_json::from_slice(body).unwrap();
+                self.batches.lock().unwrap().push(batch.reads.len());
+                tokio::time::sleep(self.delay).await;
+                let replies = batch
+                    .reads
+                    .into_iter()
+                    .map(|r| {
+                        ReadReply::Rows(ReadResponse {
+                            columns: vec![r.sql],
+                            rows: vec![],
+                        })
+                    })
+                    .collect();
+                Ok(serde_json::to_vec(&ReadBatchReply {
+                    replies,
+                    position: ReadPosition::default(),
+                })
+                .unwrap())
             })
         }
     }
@@ -373,7 +360,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_that_wait_for_a_free_slot_leave_together_and_each_gets_its_own_answer() {
-        let rpc = Arc::new(SlowEcho::default());
+        let rpc = Slaves::slow();
         let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
         let calls = (0..10).map(|i| {
             let b = batcher.clone();
@@ -386,25 +373,25 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let batches = rpc.batches.lock().unwrap().clone();
+        let batches = rpc.batches();
         assert_eq!(batches.iter().sum::<usize>(), 10);
         assert!(batches.len() <= 2, "ten waiting reads went in {batches:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_request_leaves_at_once_in_a_batch_of_one() {
-        let rpc = Arc::new(SlowEcho::default());
+        let rpc = Slaves::slow();
         let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 4, 64);
         batcher
             .call(read("only"), Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(*rpc.batches.lock().unwrap(), vec![1]);
+        assert_eq!(rpc.batches(), vec![1]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_caller_whose_time_ran_out_gets_503() {
-        let rpc = Arc::new(SlowEcho::default());
+        let rpc = Slaves::slow();
         let batcher = Batcher::start(Reads, rpc, "q".into(), 1, 64);
         let err = batcher
             .call(read("slow"), Duration::from_millis(5))
@@ -415,7 +402,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_read_batch_held_by_a_slave_that_cannot_answer_is_answered_by_a_copy() {
-        let rpc = SilentFirst::new(1);
+        let rpc = Slaves::new(1, Duration::from_millis(5));
         let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
         let start = Instant::now();
         let reply = batcher.call(read("x"), Duration::from_secs(5)).await;
@@ -434,7 +421,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn copies_of_an_unanswered_read_leave_at_doubling_intervals_until_its_time_runs_out() {
-        let rpc = SilentFirst::new(usize::MAX);
+        let rpc = Slaves::new(usize::MAX, Duration::ZERO);
         let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
         let err = batcher
             .call(read("x"), Duration::from_secs(5))
@@ -447,7 +434,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_batch_is_sent_once_however_long_it_waits() {
-        let rpc = SilentFirst::new(usize::MAX);
+        let rpc = Slaves::new(usize::MAX, Duration::ZERO);
         let writes = Batcher::start(Writes, rpc.clone(), "q".into(), 1, 64);
         let write = KeyedWrite {
             key: "k".into(),

@@ -310,7 +310,7 @@ impl AppState {
     ) -> Result<Rep, Error> {
         let reply = self
             .rpc
-            .call(queue, body, timeout)
+            .call(queue, &body, timeout)
             .await
             .map_err(|e| Error::Unavailable(anyhow::anyhow!("request on {queue}: {e}")))?;
         serde_json::from_slice(&reply).map_err(|e| {
@@ -372,10 +372,10 @@ mod tests {
         fn call<'a>(
             &'a self,
             queue: &'a str,
-            body: Vec<u8>,
+            body: &'a [u8],
             _timeout: Duration,
         ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
-            let sent = serde_json::from_slice(&body).unwrap();
+            let sent = serde_json::from_slice(body).unwrap();
             self.calls.lock().unwrap().push((queue.to_owned(), sent));
             Box::pin(async move { (self.reply)() })
         }

@@ -19,7 +19,7 @@ pub trait Rpc: Send + Sync + 'static {
     fn call<'a>(
         &'a self,
         queue: &'a str,
-        body: Vec<u8>,
+        body: &'a [u8],
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>>;
 }
@@ -28,9 +28,9 @@ impl Rpc for ReconnectingRpc {
     fn call<'a>(
         &'a self,
         queue: &'a str,
-        body: Vec<u8>,
+        body: &'a [u8],
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
-        Box::pin(async move { ReconnectingRpc::call(self, queue, &body, timeout).await })
+        Box::pin(ReconnectingRpc::call(self, queue, body, timeout))
     }
 }
