@@ -1,5 +1,4 @@
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = bench::Config::parse();
@@ -8,9 +7,6 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    telemetry::logging::init("warn").map_err(anyhow::Error::msg)?;
     tokio::runtime::Runtime::new()?.block_on(bench::run(config))
 }

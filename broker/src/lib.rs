@@ -22,5 +22,5 @@ pub mod topology;
 pub use connect::{connect, connect_with_backoff, CONNECT_TIMEOUT, RECONNECT};
 pub use consume::{consume_and_forward, forward};
 pub use reconnecting::ReconnectingRpc;
-pub use rpc::{reply, RpcChannel, RpcError, DIRECT_REPLY_TO};
+pub use rpc::{reply, request_ids, RpcChannel, RpcError, DIRECT_REPLY_TO, REQUEST_IDS_HEADER};
 pub use topology::{declare, delete};

@@ -72,10 +72,21 @@ impl ReconnectingRpc {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
+        self.call_for(queue, body, "", timeout).await
+    }
+
+    /// [`ReconnectingRpc::call`] on behalf of HTTP requests, as [`RpcChannel::call_for`].
+    pub async fn call_for(
+        &self,
+        queue: &str,
+        body: &[u8],
+        request_ids: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
         let Some(rpc) = self.current.borrow().clone() else {
             return Err(RpcError::Disconnected);
         };
-        rpc.call(queue, body, timeout).await
+        rpc.call_for(queue, body, request_ids, timeout).await
     }
 
     /// Whether a connection is up right now.

@@ -11,12 +11,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::consume::consume_and_forward;
 
+/// The AMQP header naming the HTTP requests a message carries (their `X-Request-Id`s, space-separated, in the
+/// order of the message's items). Absent when the sender served no request, as in tests and benchmarks.
+pub const REQUEST_IDS_HEADER: &str = "x-request-ids";
+
+/// The request ids a delivered message names ([`REQUEST_IDS_HEADER`]), or `""`.
+pub fn request_ids(properties: &BasicProperties) -> &str {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REQUEST_IDS_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            _ => None,
+        })
+        .unwrap_or("")
+}
 /// RabbitMQ's pseudo-queue for direct reply-to: replies come straight back to the consuming channel.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -119,9 +136,24 @@ impl RpcChannel {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
-        tokio::time::timeout(timeout, self.publish_and_wait(queue, body, timeout))
-            .await
-            .unwrap_or(Err(RpcError::TimedOut(timeout)))
+        self.call_for(queue, body, "", timeout).await
+    }
+
+    /// [`RpcChannel::call`] on behalf of the HTTP requests `request_ids` (space-separated, empty for none),
+    /// named in the message's [`REQUEST_IDS_HEADER`] so that the side answering can log them.
+    pub async fn call_for(
+        &self,
+        queue: &str,
+        body: &[u8],
+        request_ids: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RpcError> {
+        tokio::time::timeout(
+            timeout,
+            self.publish_and_wait(queue, body, request_ids, timeout),
+        )
+        .await
+        .unwrap_or(Err(RpcError::TimedOut(timeout)))
     }
 
     /// Whether the reply consumer has ended: every call fails from then on.
@@ -151,6 +183,7 @@ impl RpcChannel {
         &self,
         queue: &str,
         body: &[u8],
+        request_ids: &str,
         timeout: Duration,
     ) -> Result<Vec<u8>, RpcError> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
@@ -172,10 +205,18 @@ impl RpcChannel {
             shared: &self.shared,
             id: &correlation_id,
         };
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into())
             .with_expiration(timeout.as_millis().to_string().into());
+        if !request_ids.is_empty() {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                REQUEST_IDS_HEADER.into(),
+                AMQPValue::LongString(request_ids.into()),
+            );
+            properties = properties.with_headers(headers);
+        }
         // Without publisher confirms the returned confirmation resolves at once; a request lost by the broker
         // shows up as a timeout, like one that nobody took.
         self.channel

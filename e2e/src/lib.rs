@@ -94,12 +94,17 @@ impl Options {
 
 /// The worker binary cargo built beside the test binary (`target/<profile>/worker`).
 pub fn worker_bin() -> PathBuf {
+    binary("worker")
+}
+
+/// One of the workspace's binaries (`target/<profile>/<name>`), built beside the test.
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let bin = profile_dir.join("worker");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: build it first with `cargo build --workspace --bins` (scripts/test.sh does)",
@@ -161,7 +166,7 @@ pub fn sigkill(pid: u32) {
 }
 
 /// The pids of every process running a worker of `namespace` (by its command line).
-fn worker_pids_of(namespace: &str) -> Vec<u32> {
+pub fn worker_pids_of(namespace: &str) -> Vec<u32> {
     let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -739,7 +744,7 @@ impl Drop for Cluster {
 /// znodes, so that test runs do not pile up state on a machine that keeps its RabbitMQ and ZooKeeper. Runs on a
 /// thread of its own (it is called from `Drop`, inside the test's runtime), gives up after a few seconds, and
 /// ignores failures: it is housekeeping, not part of any test.
-fn purge(names: &Names) {
+pub fn purge(names: &Names) {
     let names = names.clone();
     let housekeeping = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()

@@ -437,8 +437,8 @@ pub fn timestamp_in(seconds: i64) -> String {
 }
 
 /// The nginx gateway, run by `scripts/gateway.sh` (which execs nginx, so the child is nginx's master).
-struct Nginx {
-    addr: SocketAddr,
+pub struct Nginx {
+    pub addr: SocketAddr,
     child: Child,
     runtime_dir: PathBuf,
 }
@@ -446,7 +446,7 @@ struct Nginx {
 impl Nginx {
     /// Starts nginx on a free port; if another process takes the port between choosing it and nginx binding
     /// it, tries another.
-    fn start(runtime_dir: &Path, users: SocketAddr, rides: SocketAddr) -> Nginx {
+    pub fn start(runtime_dir: &Path, users: SocketAddr, rides: SocketAddr) -> Nginx {
         let script = repo_root().join("scripts/gateway.sh");
         for _ in 0..5 {
             let addr = free_port();
@@ -504,8 +504,13 @@ impl Nginx {
         );
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         log_of(&self.runtime_dir)
+    }
+
+    /// The access log (one JSON object per request; nginx writes it out at least every second).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.runtime_dir.join("access.log")).unwrap_or_default()
     }
 
     /// SIGTERM (nginx's fast shutdown: the master stops its workers, then exits), then SIGKILL if it is
@@ -545,7 +550,7 @@ fn log_of(runtime_dir: &Path) -> String {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }

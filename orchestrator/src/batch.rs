@@ -19,6 +19,8 @@ use crate::rpc::{Rpc, RpcError};
 
 /// How requests of one kind travel together.
 pub trait BatchKind: Send + Sync + 'static {
+    /// The `kind` label of this kind's metrics.
+    const NAME: &'static str;
     type Item: Send + 'static;
     type Reply: Clone + Send + 'static;
     fn encode(&self, items: Vec<Self::Item>) -> serde_json::Result<Vec<u8>>;
@@ -45,6 +47,7 @@ const READ_HEDGE_AFTER: Duration = Duration::from_millis(250);
 pub struct Reads;
 
 impl BatchKind for Reads {
+    const NAME: &'static str = "read";
     type Item = ReadRequest;
     type Reply = ReadReply;
 
@@ -73,6 +76,7 @@ impl BatchKind for Reads {
 pub struct Writes;
 
 impl BatchKind for Writes {
+    const NAME: &'static str = "write";
     type Item = KeyedWrite;
     type Reply = CommandReply;
 
@@ -94,6 +98,8 @@ impl BatchKind for Writes {
 
 struct Pending<K: BatchKind> {
     item: K::Item,
+    /// The `X-Request-Id` of the HTTP request waiting for this item, if any.
+    request_id: Option<String>,
     deadline: Instant,
     answer: oneshot::Sender<Result<K::Reply, Error>>,
 }
@@ -147,6 +153,7 @@ impl<K: BatchKind> Batcher<K> {
         self.queue
             .send(Pending {
                 item,
+                request_id: telemetry::request_id::current(),
                 deadline,
                 answer,
             })
@@ -202,11 +209,24 @@ async fn send<K: BatchKind>(kind: &K, rpc: &dyn Rpc, queue: &str, batch: Vec<Pen
         .max()
         .expect("a non-empty batch");
     let timeout = deadline.saturating_duration_since(Instant::now());
+    // For the worker's log lines: which HTTP requests this message serves (ids hold no space).
+    let request_ids = batch
+        .iter()
+        .filter_map(|p| p.request_id.as_deref())
+        .collect::<Vec<_>>()
+        .join(" ");
     let (items, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.answer)).unzip();
     let n = items.len();
+    metrics::histogram!("rideshare_batch_size", "kind" => K::NAME).record(n as f64);
+    let started = Instant::now();
+    let message = Message {
+        queue,
+        request_ids: &request_ids,
+        timeout,
+    };
     let result = match kind.encode(items) {
         Err(e) => Err(Error::Internal(anyhow::anyhow!("encoding a batch: {e}"))),
-        Ok(body) => match call_hedged(rpc, queue, body, timeout, kind.hedge_after()).await {
+        Ok(body) => match call_hedged::<K>(rpc, &message, body, kind.hedge_after()).await {
             Err(e) => Err(Error::Unavailable(anyhow::anyhow!(
                 "request on {queue}: {e}"
             ))),
@@ -215,6 +235,9 @@ async fn send<K: BatchKind>(kind: &K, rpc: &dyn Rpc, queue: &str, batch: Vec<Pen
                 .map_err(|e| Error::Internal(anyhow::anyhow!("unreadable reply on {queue}: {e}"))),
         },
     };
+    let outcome = if result.is_ok() { "answered" } else { "failed" };
+    metrics::histogram!("rideshare_batch_seconds", "kind" => K::NAME, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
     match result {
         Ok(replies) => {
             for (answer, reply) in answers.into_iter().zip(replies) {
@@ -233,21 +256,33 @@ async fn send<K: BatchKind>(kind: &K, rpc: &dyn Rpc, queue: &str, batch: Vec<Pen
     }
 }
 
-/// Sends `body`, and again each time `hedge` (doubling) passes without an answer, until `timeout`; returns the
-/// first answer. A copy's failure ends the call only when no other copy is out.
-async fn call_hedged(
-    rpc: &dyn Rpc,
-    queue: &str,
-    body: Vec<u8>,
+/// Where a batch goes and for whom.
+struct Message<'a> {
+    queue: &'a str,
+    /// The batch's requests' ids, space-separated (see [`Rpc::call`]).
+    request_ids: &'a str,
     timeout: Duration,
+}
+
+/// Sends `body`, and again each time `hedge` (doubling) passes without an answer, until the message's timeout;
+/// returns the first answer. A copy's failure ends the call only when no other copy is out.
+async fn call_hedged<K: BatchKind>(
+    rpc: &dyn Rpc,
+    message: &Message<'_>,
+    body: Vec<u8>,
     hedge: Option<Duration>,
 ) -> Result<Vec<u8>, RpcError> {
+    let Message {
+        queue,
+        request_ids,
+        timeout,
+    } = *message;
     let Some(mut wait) = hedge else {
-        return rpc.call(queue, &body, timeout).await;
+        return rpc.call(queue, &body, request_ids, timeout).await;
     };
     let deadline = Instant::now() + timeout;
     let mut out = FuturesUnordered::new();
-    out.push(rpc.call(queue, &body, timeout));
+    out.push(rpc.call(queue, &body, request_ids, timeout));
     let mut next = Instant::now() + wait;
     loop {
         tokio::select! {
@@ -257,9 +292,10 @@ async fn call_hedged(
                 Err(e) => tracing::debug!("a copy of a request on {queue} failed: {e}"),
             },
             () = tokio::time::sleep_until(next), if next < deadline => {
-                tracing::debug!("no answer on {queue} after {wait:?}: sending the request again");
+                tracing::debug!(request_ids, "no answer on {queue} after {wait:?}: sending the request again");
+                metrics::counter!("rideshare_batch_copies_total", "kind" => K::NAME).increment(1);
                 let left = deadline.saturating_duration_since(Instant::now());
-                out.push(rpc.call(queue, &body, left));
+                out.push(rpc.call(queue, &body, request_ids, left));
                 wait *= 2;
                 next += wait;
             }
@@ -286,6 +322,8 @@ mod tests {
         delay: Duration,
         sent: Mutex<usize>,
         batches: Mutex<Vec<usize>>,
+        /// The request ids each copy named.
+        request_ids: Mutex<Vec<String>>,
     }
 
     impl Slaves {
@@ -295,6 +333,7 @@ mod tests {
                 delay,
                 sent: Mutex::new(0),
                 batches: Mutex::default(),
+                request_ids: Mutex::default(),
             })
         }
 
@@ -317,8 +356,13 @@ mod tests {
             &'a self,
             _queue: &'a str,
             body: &'a [u8],
+            request_ids: &'a str,
             timeout: Duration,
         ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+            self.request_ids
+                .lock()
+                .unwrap()
+                .push(request_ids.to_owned());
             Box::pin(async move {
                 let n = {
                     let mut sent = self.sent.lock().unwrap();
@@ -376,6 +420,37 @@ mod tests {
         let batches = rpc.batches();
         assert_eq!(batches.iter().sum::<usize>(), 10);
         assert!(batches.len() <= 2, "ten waiting reads went in {batches:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_names_the_request_ids_of_its_requests_in_its_order() {
+        let rpc = Slaves::slow();
+        let batcher = Batcher::start(Reads, rpc.clone(), "q".into(), 1, 64);
+        let calls = (0..6).map(|i| {
+            let b = batcher.clone();
+            let call = async move { b.call(read(&format!("q{i}")), Duration::from_secs(5)).await };
+            telemetry::request_id::scope(format!("r{i}"), call)
+        });
+        for answer in futures::future::join_all(calls).await {
+            answer.unwrap();
+        }
+        // And one read made outside any HTTP request: its batch names nobody.
+        batcher
+            .call(read("bare"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let sent = rpc.request_ids.lock().unwrap().clone();
+        let batches = rpc.batches();
+        assert_eq!(sent.last().map(String::as_str), Some(""));
+        let named: Vec<&str> = sent[..sent.len() - 1]
+            .iter()
+            .flat_map(|ids| ids.split(' '))
+            .collect();
+        assert_eq!(named, ["r0", "r1", "r2", "r3", "r4", "r5"]);
+        // Each batch names exactly its own requests.
+        for (ids, size) in sent.iter().zip(&batches).take(sent.len() - 1) {
+            assert_eq!(ids.split(' ').count(), *size, "{sent:?} {batches:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

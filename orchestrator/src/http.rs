@@ -78,11 +78,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/worker/list", get(worker_list))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/scaling", get(scaling))
+        .route("/metrics", get(telemetry::metrics::render))
         // Must come after the routes: it applies to the method routers registered so far. axum still adds
         // the `Allow` header to what it returns.
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .fallback(|| async { Error::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // After every route and the fallback: request ids and metrics for all of them (see `telemetry::layer`).
+        .layer(axum::middleware::from_fn(telemetry::layer))
         .with_state(state)
 }
 
@@ -308,9 +311,10 @@ impl AppState {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Rep, Error> {
+        let request_id = telemetry::request_id::current().unwrap_or_default();
         let reply = self
             .rpc
-            .call(queue, &body, timeout)
+            .call(queue, &body, &request_id, timeout)
             .await
             .map_err(|e| Error::Unavailable(anyhow::anyhow!("request on {queue}: {e}")))?;
         serde_json::from_slice(&reply).map_err(|e| {
@@ -373,6 +377,7 @@ mod tests {
             &'a self,
             queue: &'a str,
             body: &'a [u8],
+            _request_ids: &'a str,
             _timeout: Duration,
         ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
             let sent = serde_json::from_slice(body).unwrap();

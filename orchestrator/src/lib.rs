@@ -78,6 +78,8 @@ pub struct App {
 /// `initial_slaves` slaves: adopting the running workers, restarting the copies of stopped ones, or launching
 /// new ones.
 pub async fn start(config: Config) -> anyhow::Result<App> {
+    // Before anything records: a gauge set once at start (the epoch, say) would otherwise be lost.
+    telemetry::metrics::handle();
     let names = Names::new(&config.namespace);
     // Named after the namespace, so an operator (or a test) can tell the clusters' connections apart.
     let connection_name = format!("orchestrator-{}", names.namespace());

@@ -60,7 +60,11 @@ impl Attempts {
         next.retry(PAUSES)
             .when(Error::is_transient)
             .adjust(move |_, pause| pause_within(pause?, deadline))
-            .notify(|e, pause| tracing::debug!("retrying in {pause:?} after: {e}"))
+            .notify(|e, pause| {
+                // The operator's view of failovers from the request side: attempts that had to wait.
+                metrics::counter!("rideshare_request_retries_total").increment(1);
+                tracing::debug!("retrying in {pause:?} after: {e}");
+            })
             .sleep(move |pause| pause_until_ready(view.clone(), ready, pause))
             .await
     }

@@ -15,11 +15,14 @@ pub use broker::{ReconnectingRpc, RpcError};
 /// Sends one request and waits for its reply.
 pub trait Rpc: Send + Sync + 'static {
     /// Publishes `body` on `queue` and returns the reply's body. Gives up after `timeout`, and the request
-    /// message expires at the same moment, so a request nobody took in time is not run late.
+    /// message expires at the same moment, so a request nobody took in time is not run late. `request_ids`:
+    /// the `X-Request-Id`s of the HTTP requests the message carries, space-separated (empty for none), for the
+    /// worker's log lines.
     fn call<'a>(
         &'a self,
         queue: &'a str,
         body: &'a [u8],
+        request_ids: &'a str,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>>;
 }
@@ -29,8 +32,15 @@ impl Rpc for ReconnectingRpc {
         &'a self,
         queue: &'a str,
         body: &'a [u8],
+        request_ids: &'a str,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
-        Box::pin(ReconnectingRpc::call(self, queue, body, timeout))
+        Box::pin(ReconnectingRpc::call_for(
+            self,
+            queue,
+            body,
+            request_ids,
+            timeout,
+        ))
     }
 }

@@ -154,6 +154,10 @@ impl Db {
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
+        // The request being served, so the orchestrator's log lines and the workers' name it too.
+        if let Some(id) = telemetry::request_id::current() {
+            request = request.header(telemetry::request_id::HEADER, id);
+        }
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
@@ -288,6 +292,47 @@ mod tests {
         assert_eq!(keys.len(), 3);
         assert!(keys[0].is_some());
         assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn every_attempt_made_while_serving_a_request_carries_its_id() {
+        let ids: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let seen = ids.clone();
+        let attempts = Arc::new(Mutex::new(0));
+        let app = Router::new().route(
+            "/api/v1/db/read",
+            post(move |headers: HeaderMap| async move {
+                seen.lock().unwrap().push(
+                    headers
+                        .get("x-request-id")
+                        .map(|v| v.to_str().unwrap().to_owned()),
+                );
+                let mut n = attempts.lock().unwrap();
+                *n += 1;
+                if *n == 1 {
+                    let body = serde_json::json!({"error": "no slave in sync"});
+                    return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+                }
+                (
+                    StatusCode::OK,
+                    Json(serde_json::json!({"columns": [], "rows": []})),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let db = Db::new(&base, Duration::from_secs(5), Duration::from_secs(5)).unwrap();
+        telemetry::request_id::scope("req-42".into(), db.read("SELECT 1", vec![]))
+            .await
+            .unwrap();
+        db.read("SELECT 1", vec![]).await.unwrap();
+        let ids = ids.lock().unwrap();
+        assert_eq!(
+            *ids,
+            vec![Some("req-42".to_owned()), Some("req-42".to_owned()), None],
+            "the retry carries the id too; a read outside a request carries none"
+        );
     }
 
     #[tokio::test]

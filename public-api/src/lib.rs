@@ -45,6 +45,7 @@ pub async fn serve(
     flusher: counter::Flusher,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    telemetry::metrics::handle();
     tracing::info!(
         "{name} listening on {}",
         listener.local_addr().context("reading the bound address")?

@@ -43,10 +43,15 @@ impl UsersClient {
     /// Whether the users service knows `username`. An error means it could not say.
     pub async fn exists(&self, username: &Username) -> anyhow::Result<bool> {
         let url = self.user_url(username);
-        let response = self
+        let mut request = self
             .http
             .get(url.clone())
-            .header(ORIGIN, self.origin.clone())
+            .header(ORIGIN, self.origin.clone());
+        // The ride request being served: the check is part of it, in the gateway's log and the users service's.
+        if let Some(id) = telemetry::request_id::current() {
+            request = request.header(telemetry::request_id::HEADER, id);
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("asking the users service: GET {url}"))?;
@@ -78,8 +83,8 @@ mod tests {
 
     use super::*;
 
-    /// The path and `Origin` header of each request the fake gateway saw.
-    type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+    /// The path, `Origin` and `X-Request-Id` headers of each request the fake gateway saw.
+    type Seen = Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>;
 
     /// A fake gateway that records each request's path and Origin, and knows one user, `alice`.
     async fn fake_gateway() -> (String, Seen) {
@@ -89,11 +94,14 @@ mod tests {
             let log = log.clone();
             async move {
                 let path = request.uri().path().to_owned();
-                let origin = request
-                    .headers()
-                    .get("origin")
-                    .map(|v| v.to_str().unwrap().to_owned());
-                log.lock().unwrap().push((path.clone(), origin));
+                let header = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                };
+                let (origin, id) = (header("origin"), header("x-request-id"));
+                log.lock().unwrap().push((path.clone(), origin, id));
                 match path.as_str() {
                     "/api/v1/users/alice" => AxumStatus::OK,
                     "/api/v1/users/boom" => AxumStatus::INTERNAL_SERVER_ERROR,
@@ -125,9 +133,25 @@ mod tests {
         assert!(client.exists(&name("boom")).await.is_err());
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3);
-        for (_, origin) in seen.iter() {
+        for (_, origin, _) in seen.iter() {
             assert_eq!(origin.as_deref(), Some("http://rides.example:8082"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_check_made_while_serving_a_request_carries_its_id() {
+        let (gateway, seen) = fake_gateway().await;
+        let client = UsersClient::new(&gateway, "http://r", Duration::from_secs(5)).unwrap();
+        telemetry::request_id::scope("ride-req-7".into(), client.exists(&name("alice")))
+            .await
+            .unwrap();
+        client.exists(&name("alice")).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].2.as_deref(), Some("ride-req-7"));
+        assert_eq!(
+            seen[1].2, None,
+            "outside a request there is no id to pass on"
+        );
     }
 
     #[tokio::test]
@@ -142,7 +166,7 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .map(|(p, _)| p.clone())
+            .map(|(p, _, _)| p.clone())
             .collect();
         assert_eq!(
             paths,

@@ -37,9 +37,12 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/api/v1/db/clear", post(clear))
         .route("/api/v1/_count", get(count).delete(reset_count))
+        .route("/metrics", get(telemetry::metrics::render))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(api)
         .fallback(|| async { Error::NotFound("no such route".to_owned()) })
+        // After every route and the fallback: request ids and metrics for all of them (see `telemetry::layer`).
+        .layer(middleware::from_fn(telemetry::layer))
         .with_state(state)
 }
 

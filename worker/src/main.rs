@@ -2,14 +2,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,zookeeper_client=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    telemetry::logging::init("info,lapin=warn,zookeeper_client=warn")
+        .map_err(anyhow::Error::msg)?;
     let config = worker::Config::parse();
     let id = config.id.clone();
     let shutdown = async {

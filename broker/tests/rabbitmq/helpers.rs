@@ -38,7 +38,8 @@ impl Space {
         let _ = self.connection.close(200, "done".into()).await;
     }
 
-    /// A worker of sorts: answers every request on `queue` with its body reversed, on a connection of its own
+    /// A worker of sorts: answers every request on `queue` with its body reversed (followed by `|` and the
+    /// request ids the message names, if it names any), on a connection of its own
     /// (so a test may close the caller's without stopping it). Stops when dropped.
     pub async fn responder(&self, queue: String) -> AbortOnDropHandle<()> {
         let connection = broker::connect(AMQP_URL, "broker-test-responder", SETTLE)
@@ -61,6 +62,10 @@ impl Space {
                 let id = request.properties.correlation_id().clone();
                 let mut body = request.data.clone();
                 body.reverse();
+                let ids = broker::request_ids(&request.properties);
+                if !ids.is_empty() {
+                    body.extend_from_slice(format!("|{ids}").as_bytes());
+                }
                 broker::reply(
                     &channel,
                     reply_to.as_str(),

@@ -22,6 +22,22 @@ async fn a_call_gets_the_reply_to_its_own_request() {
 }
 
 #[tokio::test]
+async fn the_request_ids_a_call_is_made_for_reach_the_side_that_answers() {
+    let space = Space::new().await;
+    let _responder = space.responder(space.names.read_queue()).await;
+    let (rpc, _task) = ReconnectingRpc::start(AMQP_URL, &space.names, "broker-test-ids")
+        .await
+        .unwrap();
+    let queue = space.names.read_queue();
+    let reply = rpc.call_for(&queue, b"abc", "r-1 r-2", SETTLE).await;
+    assert_eq!(reply.unwrap(), b"cba|r-1 r-2");
+    let reply = rpc.call(&queue, b"abc", SETTLE).await;
+    assert_eq!(reply.unwrap(), b"cba", "a call for no request names none");
+    rpc.close();
+    space.delete().await;
+}
+
+#[tokio::test]
 async fn a_call_nobody_answers_times_out() {
     let space = Space::new().await;
     let rpc = RpcChannel::open(&space.connection).await.unwrap();

@@ -62,12 +62,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    telemetry::logging::init("info").map_err(anyhow::Error::msg)?;
     let args = Args::parse();
     let faults = if args.faults.is_empty() {
         Fault::ALL.to_vec()

@@ -36,6 +36,8 @@ const RECORD_REFRESH: Duration = Duration::from_secs(1);
 struct ReplyTo {
     queue: String,
     correlation_id: Option<String>,
+    /// The HTTP requests the command serves (`broker::REQUEST_IDS_HEADER`), for the log lines about it.
+    request_ids: String,
 }
 
 /// The I/O side of a master.
@@ -197,6 +199,13 @@ async fn consume_acks(sync: &Channel) -> anyhow::Result<mpsc::UnboundedReceiver<
 impl Io<'_> {
     /// Decodes a delivery, remembering where its answer goes.
     fn incoming(&mut self, d: Delivery) -> Incoming {
+        let request_ids = broker::request_ids(&d.properties);
+        tracing::debug!(
+            target: telemetry::REQUEST_TARGET,
+            request_ids,
+            tag = d.delivery_tag,
+            "command received"
+        );
         let reply_to = d.properties.reply_to().as_ref().map(|q| ReplyTo {
             queue: q.to_string(),
             correlation_id: d
@@ -204,6 +213,7 @@ impl Io<'_> {
                 .correlation_id()
                 .as_ref()
                 .map(|c| c.to_string()),
+            request_ids: request_ids.to_owned(),
         });
         self.reply_to.insert(d.delivery_tag, reply_to);
         Incoming {
@@ -250,7 +260,14 @@ impl Io<'_> {
                     .await
                     {
                         // The client times out and retries with its idempotency key.
-                        tracing::warn!("sending a reply: {e:#}");
+                        tracing::warn!(request_ids = to.request_ids, "sending a reply: {e:#}");
+                    } else {
+                        tracing::debug!(
+                            target: telemetry::REQUEST_TARGET,
+                            request_ids = to.request_ids,
+                            tag,
+                            "command committed and answered"
+                        );
                     }
                 }
                 Effect::AckCommands(tag) => {

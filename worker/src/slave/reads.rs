@@ -184,6 +184,7 @@ async fn read_one(
     mut serving: watch::Receiver<Serving>,
     d: Delivery,
 ) {
+    let request_ids = broker::request_ids(&d.properties);
     let batch =
         serde_json::from_slice::<ReadBatch>(&d.data).map_err(|e| format!("undecodable read: {e}"));
     let (position, replies) = match batch {
@@ -228,7 +229,7 @@ async fn read_one(
                 ),
                 other => {
                     if let Err(e) = other {
-                        tracing::error!("read failed: {e:#}");
+                        tracing::error!(request_ids, "read failed: {e:#}");
                     }
                     requeue(&d).await;
                     return;
@@ -240,7 +241,15 @@ async fn read_one(
     if let (Some(to), Ok(body)) = (d.properties.reply_to(), body) {
         let id = d.properties.correlation_id().as_ref().map(|c| c.as_str());
         if let Err(e) = broker::reply(ch, to.as_str(), id, &body).await {
-            tracing::warn!("sending a read reply: {e:#}");
+            tracing::warn!(request_ids, "sending a read reply: {e:#}");
+        } else {
+            tracing::debug!(
+                target: telemetry::REQUEST_TARGET,
+                request_ids,
+                epoch = position.epoch,
+                seq = position.seq,
+                "reads answered"
+            );
         }
     }
     let _ = d.acker.ack(BasicAckOptions::default()).await;
