@@ -194,14 +194,12 @@ impl Events {
         log.events.push_back(event);
     }
 
-    /// Notes that `master` acts under `epoch`; only a new epoch (or another master) makes an entry.
+    /// Notes that `master` acts under `epoch`. Another master makes an entry; the same one at another epoch
+    /// (a takeover settling: the znode is claimed at the old epoch, then moved to the new one) updates its own.
     pub fn epoch_seen(&self, epoch: u64, master: WorkerRef) {
         let mut log = self.log.lock().expect("events lock");
-        if log
-            .epochs
-            .back()
-            .is_some_and(|e| e.epoch == epoch && e.master == master)
-        {
+        if let Some(last) = log.epochs.back_mut().filter(|e| e.master == master) {
+            last.epoch = epoch;
             return;
         }
         if log.epochs.len() == EPOCHS_KEPT {
@@ -268,9 +266,10 @@ mod tests {
     }
 
     #[test]
-    fn the_epoch_history_has_one_entry_per_epoch_and_master() {
+    fn the_epoch_history_has_one_entry_per_master_at_its_latest_epoch() {
         let events = Events::default();
         let m = |id: &str, pid| WorkerRef { id: id.into(), pid };
+        events.epoch_seen(0, m("a", 10));
         events.epoch_seen(1, m("a", 10));
         events.epoch_seen(1, m("a", 10));
         events.epoch_seen(2, m("b", 20));

@@ -46,12 +46,23 @@ pub struct Observer {
 }
 
 /// A change of master between the last one seen and the view's: (from, to). The first master seen is none.
+///
+/// A new master claims the master znode with the epoch it read, then bumps the epoch and rewrites the znode: a
+/// view may show it for a moment at its predecessor's epoch. Only once its epoch has passed its predecessor's
+/// is the change a failover; the same worker (id and pid) at a new epoch is that same takeover settling. A
+/// worker restarted on its own copy (a restore) has a new pid: that is a change.
 pub fn master_change<'a>(
     last: Option<&'a MasterRecord>,
     view: &'a ClusterView,
 ) -> Option<(&'a MasterRecord, &'a MasterRecord)> {
     let (last, now) = (last?, view.master.as_ref()?);
-    (last.epoch != now.epoch || last.id != now.id).then_some((last, now))
+    let other = last.id != now.id || last.pid != now.pid;
+    (other && now.epoch > last.epoch).then_some((last, now))
+}
+
+/// Whether the view's master is the last one seen, possibly at a later epoch.
+fn same_master(last: Option<&MasterRecord>, now: &MasterRecord) -> bool {
+    last.is_some_and(|l| l.id == now.id && l.pid == now.pid)
 }
 
 fn worker_ref(m: &MasterRecord) -> WorkerRef {
@@ -88,6 +99,9 @@ impl Observer {
                     from.id, from.pid, from.epoch, to.id, to.pid, to.epoch
                 ),
             );
+        } else if self.last_master.is_some() && !same_master(self.last_master.as_ref(), master) {
+            // A new master still taking over, at its predecessor's epoch: recorded once it has moved on.
+            return;
         }
         self.events.epoch_seen(master.epoch, worker_ref(master));
         self.last_master = Some(master.clone());
@@ -151,13 +165,20 @@ mod tests {
     fn a_new_master_at_a_new_epoch_is_recorded_as_a_failover_from_the_last_one_seen() {
         let events = Events::default();
         let mut observer = Observer::new(events.clone());
+        // The first master claims its znode at epoch 0, then moves to epoch 1: one takeover, no failover.
+        observer.observe(&with_master(Some(master("a", 10, 0))));
         observer.observe(&with_master(Some(master("a", 10, 1))));
         assert!(
             events.recent().is_empty(),
             "the first master is no failover"
         );
-        // The master died: no master for a while, then another one at the next epoch.
+        // The master died: no master for a while, then another one, first at the old epoch, then the next.
         observer.observe(&with_master(None));
+        observer.observe(&with_master(Some(master("b", 20, 1))));
+        assert!(
+            events.recent().is_empty(),
+            "not before it moved to its epoch"
+        );
         observer.observe(&with_master(Some(master("b", 20, 2))));
         observer.observe(&with_master(Some(master("b", 20, 2))));
 
@@ -188,9 +209,11 @@ mod tests {
     }
 
     #[test]
-    fn a_master_restarted_at_a_new_epoch_is_a_change_too_but_a_view_without_one_is_not() {
+    fn a_master_restarted_at_a_new_epoch_is_a_change_but_the_same_one_settling_is_not() {
         let a1 = master("a", 10, 1);
         assert!(master_change(Some(&a1), &with_master(Some(master("a", 11, 2)))).is_some());
+        assert!(master_change(Some(&a1), &with_master(Some(master("a", 10, 2)))).is_none());
+        assert!(master_change(Some(&a1), &with_master(Some(master("b", 20, 1)))).is_none());
         assert!(master_change(Some(&a1), &with_master(Some(a1.clone()))).is_none());
         assert!(master_change(Some(&a1), &with_master(None)).is_none());
         assert!(master_change(None, &with_master(Some(a1.clone()))).is_none());
