@@ -282,6 +282,63 @@ mod tests {
     }
 
     #[test]
+    fn each_event_increments_its_counter_with_its_label() {
+        let w = |pid| WorkerRef {
+            id: format!("w-{pid}"),
+            pid,
+        };
+        let scaling = |direction| What::Scaling {
+            direction,
+            reads: 0,
+            desired: 1,
+            previous: 1,
+            actual: 1,
+            in_sync: 1,
+        };
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let events = Events::default();
+            events.record(crash(1), "");
+            events.record(crash(2), "");
+            events.record(
+                What::Replacement {
+                    role: Role::Master,
+                    died: w(1),
+                    replaced_by: w(3),
+                },
+                "",
+            );
+            events.record(scaling(Direction::Hold), "");
+            events.record(scaling(Direction::Up), "");
+            events.record(scaling(Direction::Hold), "");
+        });
+        let mut counts: Vec<String> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels: Vec<String> = key
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                format!("{}{{{}}} {value:?}", key.name(), labels.join(","))
+            })
+            .collect();
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                "rideshare_crash_requests_total{role=slave} Counter(2)",
+                "rideshare_replacements_total{role=master} Counter(1)",
+                "rideshare_scaling_decisions_total{direction=hold} Counter(2)",
+                "rideshare_scaling_decisions_total{direction=up} Counter(1)",
+            ]
+        );
+    }
+
+    #[test]
     fn directions_compare_with_the_slaves_kept_before() {
         assert_eq!(Direction::of(1, 3), Direction::Up);
         assert_eq!(Direction::of(3, 1), Direction::Down);

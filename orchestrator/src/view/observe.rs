@@ -141,7 +141,9 @@ impl Observer {
 
 #[cfg(test)]
 mod tests {
-    use protocol::coord::InSyncSet;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::CompositeKey;
+    use protocol::coord::{InSyncSet, WorkerRecord};
 
     use super::*;
 
@@ -206,6 +208,95 @@ mod tests {
             .map(|e| (e.epoch, e.master.id))
             .collect();
         assert_eq!(epochs, [(2, "b".to_owned()), (1, "a".to_owned())]);
+    }
+
+    /// The value recorded for `name` with exactly `labels`.
+    fn recorded(
+        snapshot: &[(CompositeKey, DebugValue)],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
+        snapshot.iter().find_map(|(key, value)| {
+            let key = key.key();
+            let same_labels = key.labels().count() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v));
+            (key.name() == name && same_labels).then_some(match value {
+                DebugValue::Counter(n) => *n as f64,
+                DebugValue::Gauge(g) => g.0,
+                DebugValue::Histogram(_) => f64::NAN,
+            })
+        })
+    }
+
+    #[test]
+    fn a_failover_is_counted_and_the_gauges_follow_the_view_zeroing_a_gone_worker() {
+        let record = |id: &str, pid, applied_seq| {
+            let r = WorkerRecord {
+                id: id.into(),
+                pid,
+                role: Role::Slave,
+                epoch: 1,
+                applied_seq,
+            };
+            (id.to_owned(), r)
+        };
+        let before = ClusterView {
+            master: Some(master("a", 10, 1)),
+            in_sync: Some(InSyncSet {
+                epoch: 1,
+                master: "a".into(),
+                members: vec!["s".into()],
+            }),
+            workers: [record("a", 10, 9), record("s", 20, 7)].into(),
+            ..ClusterView::default()
+        };
+        // The master died; s took over at epoch 2 and a new slave n is catching up.
+        let after = ClusterView {
+            master: Some(master("s", 20, 2)),
+            in_sync: Some(InSyncSet {
+                epoch: 2,
+                master: "s".into(),
+                members: vec![],
+            }),
+            workers: [record("s", 20, 9), record("n", 30, 4)].into(),
+            ..ClusterView::default()
+        };
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let mut observer = Observer::new(Events::default());
+            observer.observe(&before);
+            observer.publish(&before, 1);
+            observer.observe(&after);
+            observer.publish(&after, 2);
+        });
+        let snapshot: Vec<(CompositeKey, DebugValue)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| (key, value))
+            .collect();
+        let at = |name, labels: &[(&str, &str)]| recorded(&snapshot, name, labels);
+        assert_eq!(at("rideshare_failovers_total", &[]), Some(1.0));
+        assert_eq!(at("rideshare_epoch", &[]), Some(2.0));
+        assert_eq!(at("rideshare_workers", &[("role", "master")]), Some(1.0));
+        assert_eq!(at("rideshare_workers", &[("role", "slave")]), Some(1.0));
+        assert_eq!(at("rideshare_in_sync_slaves", &[]), Some(0.0));
+        assert_eq!(at("rideshare_scaling_desired_slaves", &[]), Some(2.0));
+        assert_eq!(
+            at("rideshare_worker_applied_seq", &[("worker", "n")]),
+            Some(4.0)
+        );
+        assert_eq!(at("rideshare_worker_lag", &[("worker", "n")]), Some(5.0));
+        assert_eq!(at("rideshare_worker_lag", &[("worker", "s")]), Some(0.0));
+        // The dead master's series are zeroed, not left at their last values.
+        assert_eq!(
+            at("rideshare_worker_applied_seq", &[("worker", "a")]),
+            Some(0.0)
+        );
+        assert_eq!(at("rideshare_worker_lag", &[("worker", "a")]), Some(0.0));
     }
 
     #[test]
