@@ -48,7 +48,13 @@
   let eventFilter = "all";
   let lastCluster = null;
 
+  let shownWorkers = null;
+
   function renderWorkers(workers) {
+    // Redrawn only when something changed, so a row an operator is selecting stays put.
+    const key = JSON.stringify(workers);
+    if (key === shownWorkers) return;
+    shownWorkers = key;
     const body = $("workers").tBodies[0];
     const rows = workers.map((w) => {
       const [lease, leaseTitle] = LEASES[w.lease] || [w.lease, ""];
