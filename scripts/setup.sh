@@ -18,6 +18,8 @@ set -euo pipefail
 #   iproute2, iptables     the fault suite's hosts: network namespaces, a bridge, cuts between hosts, netem
 #   libfaketime            the fault suite's per-host wall clocks (offsets and steps; monotonic clocks untouched)
 #   socat                  the fault suite's own test of its hosts (a listener on one host)
+#   chromium, chromium-driver   the operator console's browser test (e2e/tests/browser): headless Chromium driven
+#                          over WebDriver
 #   docker.io, docker-compose   when Docker is missing: the engine and Compose for the container images and test
 PACKAGES=(
     rabbitmq-server
@@ -34,6 +36,8 @@ PACKAGES=(
     iptables
     libfaketime
     socat
+    chromium
+    chromium-driver
 )
 # The containers (scripts/docker-build.sh, the Compose test): Debian's Docker engine and docker-compose 1.29, but
 # only on a machine with no Docker at all (one with Docker's own packages keeps them; the two conflict).

@@ -125,6 +125,11 @@ impl ClusterHandle {
         *self.target.borrow()
     }
 
+    /// The number of slaves the supervisor keeps, as a channel that tells of each change.
+    pub fn watch_target(&self) -> watch::Receiver<usize> {
+        self.target.clone()
+    }
+
     /// SIGKILLs the master (`Role::Master`) or the slave with the highest pid, as the crash APIs do.
     pub async fn crash(&self, role: Role) -> anyhow::Result<Option<u32>> {
         self.ask(|done| Msg::Crash { role, done }).await?

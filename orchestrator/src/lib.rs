@@ -26,12 +26,17 @@
 //! - [`runtime`]: where workers run: the [`runtime::WorkerRuntime`] trait, processes on hosts (local
 //!   processes are one host; [`runtime::hosts`]), and Docker containers ([`runtime::docker`]).
 //! - [`admin`]: purging a namespace that a tool or a test is done with.
+//! - [`events`]: the log of recent failovers, replacements, crash API calls, scaling decisions and restores,
+//!   with the epochs seen, each also counted as a Prometheus metric.
+//! - [`console`]: the operator console (`GET /console`) and the JSON it polls (`GET /api/v1/cluster`).
 
 pub mod admin;
 pub mod batch;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod http;
 pub mod retry;
@@ -64,6 +69,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// orchestrator would.
 pub struct App {
     state: http::AppState,
+    console: console::ConsoleState,
     rpc: rpc::ReconnectingRpc,
     cluster: ClusterHandle,
     rpc_task: AbortOnDropHandle<()>,
@@ -71,6 +77,7 @@ pub struct App {
     _view_task: AbortOnDropHandle<()>,
     _supervisor_task: AbortOnDropHandle<()>,
     _scaler_task: AbortOnDropHandle<()>,
+    _observer_task: AbortOnDropHandle<()>,
     stop_workers_on_shutdown: bool,
 }
 
@@ -87,6 +94,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         rpc::ReconnectingRpc::start(&config.amqp_url, &names, &connection_name).await?;
     let rpc_task = AbortOnDropHandle::new(rpc_task);
     let (view, registry, view_task) = view::spawn(&config.zk, names.clone()).await?;
+    let events = events::Events::default();
     let view_task = AbortOnDropHandle::new(view_task);
 
     let (exits_tx, exits) = mpsc::unbounded_channel();
@@ -127,6 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             },
             initial_slaves: config.initial_slaves,
             self_healing: config.self_healing,
+            events: events.clone(),
         },
         runtime,
         exits,
@@ -135,6 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
     )
     .await?;
 
+    let observer = view::observe::spawn(view.clone(), cluster.watch_target(), events.clone());
     let state = http::AppState::new(
         Arc::new(rpc.clone()),
         Arc::new(cluster.clone()),
@@ -151,12 +161,22 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         cluster.clone(),
         config.scale_interval(),
         usize::try_from(config.max_slaves).unwrap_or(usize::MAX),
+        events.clone(),
     );
+    let console = console::ConsoleState {
+        view: state.view.clone(),
+        events,
+        control: state.control.clone(),
+        read_counter: state.read_counter.clone(),
+        scale_interval: config.scale_interval(),
+    };
     Ok(App {
         state,
+        console,
         rpc,
         cluster,
         _scaler_task: AbortOnDropHandle::new(scaler),
+        _observer_task: AbortOnDropHandle::new(observer),
         rpc_task,
         _view_task: view_task,
         _supervisor_task: AbortOnDropHandle::new(supervisor_task),
@@ -165,9 +185,9 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
 }
 
 impl App {
-    /// The HTTP API, to serve or to call with `tower::ServiceExt::oneshot`.
+    /// The HTTP API and the operator console, to serve or to call with `tower::ServiceExt::oneshot`.
     pub fn router(&self) -> axum::Router {
-        http::router(self.state.clone())
+        http::router(self.state.clone()).merge(console::router(self.console.clone()))
     }
 
     pub fn cluster(&self) -> ClusterHandle {

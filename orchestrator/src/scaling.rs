@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::cluster::ClusterHandle;
+use crate::events::{Direction, Events, What};
 
 /// Reads per slave per interval, from the original system's policy.
 pub const READS_PER_SLAVE: u64 = 20;
@@ -52,12 +53,14 @@ impl ReadCounter {
     }
 }
 
-/// Starts the scaler: it waits for the first read, then decides at every `interval`.
+/// Starts the scaler: it waits for the first read, then decides at every `interval`, and records each decision
+/// in `events`.
 pub fn spawn(
     counter: Arc<ReadCounter>,
     cluster: ClusterHandle,
     interval: Duration,
     ceiling: usize,
+    events: Events,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         counter.first.notified().await;
@@ -67,28 +70,76 @@ pub fn spawn(
         loop {
             tick.tick().await;
             let reads = counter.take();
-            let desired = desired_slaves(reads, ceiling);
-            let wanted = usize::try_from(reads.div_ceil(READS_PER_SLAVE)).unwrap_or(usize::MAX);
-            if wanted > ceiling {
-                tracing::warn!(
-                    reads,
-                    wanted,
-                    ceiling,
-                    "scaling decision capped by the ceiling"
-                );
-            }
-            tracing::info!(
-                reads,
-                desired,
-                previous = cluster.target_slaves(),
-                "scaling decision"
-            );
+            let view = cluster.view();
+            let slaves: Vec<bool> = view
+                .worker_infos()
+                .into_iter()
+                .filter(|w| w.role == protocol::Role::Slave)
+                .map(|w| w.in_sync)
+                .collect();
+            let now = Figures {
+                previous: cluster.target_slaves(),
+                actual: slaves.len(),
+                in_sync: slaves.iter().filter(|s| **s).count(),
+            };
+            let desired = decide(reads, ceiling, interval, now, &events);
             if let Err(e) = cluster.set_target_slaves(desired).await {
                 tracing::error!("applying a scaling decision: {e:#}");
                 return;
             }
         }
     })
+}
+
+/// The slaves when a decision is made: kept (the target before it), registered, in sync.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    previous: usize,
+    actual: usize,
+    in_sync: usize,
+}
+
+/// The decision for `reads` reads in the `interval` just ended, recorded in `events` with its reason: the number
+/// of slaves to keep.
+fn decide(reads: u64, ceiling: usize, interval: Duration, now: Figures, events: &Events) -> usize {
+    let desired = desired_slaves(reads, ceiling);
+    let wanted = usize::try_from(reads.div_ceil(READS_PER_SLAVE)).unwrap_or(usize::MAX);
+    let capped = if wanted > ceiling {
+        tracing::warn!(
+            reads,
+            wanted,
+            ceiling,
+            "scaling decision capped by the ceiling"
+        );
+        format!(" (capped by the ceiling of {ceiling}; {wanted} wanted)")
+    } else {
+        String::new()
+    };
+    let direction = Direction::of(now.previous, desired);
+    let verb = match direction {
+        Direction::Up => "scale up",
+        Direction::Down => "scale down",
+        Direction::Hold => "hold",
+    };
+    events.record(
+        What::Scaling {
+            direction,
+            reads,
+            desired,
+            previous: now.previous,
+            actual: now.actual,
+            in_sync: now.in_sync,
+        },
+        format!(
+            "{verb}: {reads} reads in the last {}s want {desired} slave(s) at {READS_PER_SLAVE} reads each{capped}; \
+             kept {} before, {} registered, {} in sync",
+            interval.as_secs(),
+            now.previous,
+            now.actual,
+            now.in_sync
+        ),
+    );
+    desired
 }
 
 #[cfg(test)]
@@ -112,6 +163,61 @@ mod tests {
         }
         assert_eq!(desired_slaves(10_000, 16), 16);
         assert_eq!(desired_slaves(10_000, 0), 1);
+    }
+
+    #[test]
+    fn a_scaling_decision_is_recorded_with_its_direction_and_the_reads_that_led_to_it() {
+        let events = Events::default();
+        let interval = Duration::from_secs(120);
+        let before = Figures {
+            previous: 1,
+            actual: 1,
+            in_sync: 1,
+        };
+        assert_eq!(decide(45, 16, interval, before, &events), 3);
+        assert_eq!(decide(3, 16, interval, before, &events), 1);
+        let after = Figures {
+            previous: 3,
+            ..before
+        };
+        assert_eq!(decide(0, 16, interval, after, &events), 1);
+        assert_eq!(decide(400, 4, interval, before, &events), 4);
+
+        let recent = events.recent();
+        let summary: Vec<(Direction, u64, usize)> = recent
+            .iter()
+            .rev()
+            .map(|e| match &e.what {
+                What::Scaling {
+                    direction,
+                    reads,
+                    desired,
+                    ..
+                } => (*direction, *reads, *desired),
+                other => panic!("not a scaling decision: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Direction::Up, 45, 3),
+                (Direction::Hold, 3, 1),
+                (Direction::Down, 0, 1),
+                (Direction::Up, 400, 4)
+            ]
+        );
+        let first = &recent[3].reason;
+        assert!(
+            first.starts_with("scale up: 45 reads in the last 120s want 3 slave(s)"),
+            "{first}"
+        );
+        assert!(
+            first.contains("kept 1 before, 1 registered, 1 in sync"),
+            "{first}"
+        );
+        assert!(recent[0]
+            .reason
+            .contains("capped by the ceiling of 4; 20 wanted"));
     }
 
     #[tokio::test]

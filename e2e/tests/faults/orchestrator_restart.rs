@@ -69,6 +69,19 @@ async fn after_the_whole_system_is_killed_a_new_orchestrator_restores_every_ackn
     let back: BTreeSet<String> = c.view().workers.keys().cloned().collect();
     assert_eq!(back, ids);
     assert!(c.worker_list().await.iter().all(|p| !killed.contains(p)));
+    // The new orchestrator's events log says how its master came back.
+    let (_, cluster) = c.get("/api/v1/cluster").await;
+    let restores: Vec<&serde_json::Value> = cluster["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "restore")
+        .collect();
+    assert_eq!(restores.len(), 1, "{cluster:#}");
+    assert!(
+        ids.contains(restores[0]["worker"].as_str().unwrap_or_default()),
+        "restored on one of the copies: {cluster:#}"
+    );
     c.write_ok(vec![st("INSERT INTO t VALUES (-1)", vec![])])
         .await;
     c.stop().await;

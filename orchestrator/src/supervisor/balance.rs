@@ -91,12 +91,15 @@ impl Supervisor {
             Balance::Start(missing) => {
                 tracing::info!(running, target, "starting {missing} slave(s)");
                 for _ in 0..missing {
-                    if self.start_slave().await.is_none() {
+                    let Some(id) = self.start_slave().await else {
                         break;
-                    }
+                    };
+                    self.replaced(&id);
                 }
             }
             Balance::Retire(slaves) => {
+                // Too many slaves: the dead ones are not replaced after all.
+                self.departed.clear();
                 for (id, pid) in slaves {
                     self.retire(id, pid).await;
                 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use protocol::Role;
 
 use super::{Gone, Supervisor};
+use crate::events::{What, WorkerRef};
 use crate::view::ClusterView;
 
 /// The worker a crash API kills, as (id, pid): the master, or the slave with the highest pid that is not
@@ -25,8 +26,27 @@ fn victim(view: &ClusterView, role: Role, retiring: &BTreeSet<String>) -> Option
 }
 
 impl Supervisor {
-    /// Kills the master or the slave with the highest pid, for the crash APIs. `Ok(None)`: there is none.
+    /// Kills the master or the slave with the highest pid, for the crash APIs, and records the call. `Ok(None)`:
+    /// there is none.
     pub(super) async fn crash(&mut self, role: Role) -> anyhow::Result<Option<u32>> {
+        let result = self.crash_victim(role).await;
+        let name = crate::events::role_label(role);
+        let (killed, reason) = match &result {
+            Ok(Some((id, pid))) => (
+                Some(WorkerRef {
+                    id: id.clone(),
+                    pid: *pid,
+                }),
+                format!("crash API: killed the {name} {id} (pid {pid})"),
+            ),
+            Ok(None) => (None, format!("crash API: there is no {name} to kill")),
+            Err(e) => (None, format!("crash API: killing the {name} failed: {e:#}")),
+        };
+        self.events.record(What::Crash { role, killed }, reason);
+        result.map(|victim| victim.map(|(_, pid)| pid))
+    }
+
+    async fn crash_victim(&mut self, role: Role) -> anyhow::Result<Option<(String, u32)>> {
         loop {
             let view = self.view.borrow().clone();
             let victim = victim(&view, role, &self.retiring);
@@ -40,7 +60,8 @@ impl Supervisor {
             if self.ensure_managed(&id, pid).await? && self.runtime.kill(&id).await? {
                 tracing::info!(worker = %id, pid, ?role, "killed on request (crash API)");
                 self.on_gone(&id, pid, Gone::Killed).await;
-                return Ok(Some(pid));
+                self.departed(role, &id, pid, "was killed by the crash API");
+                return Ok(Some((id, pid)));
             }
             // It was dead already: forgotten now, so the next look finds the next candidate.
             self.on_gone(&id, pid, Gone::Ended).await;
@@ -59,10 +80,18 @@ impl Supervisor {
         let Some(pid) = self.workers.get(id).map(|w| w.pid) else {
             return Ok(false);
         };
+        let role = match &self.view.borrow().master {
+            Some(m) if m.id == id => Role::Master,
+            _ => Role::Slave,
+        };
+        let retiring = self.retiring.contains(id);
         if !self.runtime.kill(id).await? {
             return Ok(false);
         }
         self.on_gone(id, pid, Gone::Killed).await;
+        if !retiring {
+            self.departed(role, id, pid, "was killed on request");
+        }
         Ok(true)
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use protocol::Role;
 use tokio::time::Instant;
 
 use super::{Gone, Idle, Managed, Supervisor};
@@ -111,12 +112,23 @@ impl Supervisor {
                 tracing::warn!(worker = %id, pid, "worker ended before it started properly");
                 self.hold();
             }
-            Departure::MasterDied => tracing::warn!(
-                worker = %id,
-                pid,
-                "the master died; the in-sync slaves elect another, then a slave is added"
-            ),
-            Departure::SlaveDied => tracing::warn!(worker = %id, pid, "a slave died; replacing it"),
+            Departure::MasterDied => {
+                tracing::warn!(
+                    worker = %id,
+                    pid,
+                    "the master died; the in-sync slaves elect another, then a slave is added"
+                );
+                self.departed(
+                    Role::Master,
+                    id,
+                    pid,
+                    "died; the in-sync slaves elected another master",
+                );
+            }
+            Departure::SlaveDied => {
+                tracing::warn!(worker = %id, pid, "a slave died; replacing it");
+                self.departed(Role::Slave, id, pid, "died");
+            }
         }
         self.idle.insert(id.to_owned(), Idle::Died);
         self.forget(id, pid).await;

@@ -45,7 +45,7 @@ mod heal;
 mod place;
 mod restore;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cluster::{new_worker_id, ClusterHandle, Msg, WorkerTemplate};
+use crate::events::{Events, What, WorkerRef};
 use crate::runtime::{Exited, WorkerProcess, WorkerRuntime};
 use crate::view::{ClusterView, Registry};
 
@@ -70,11 +71,26 @@ const TICK: Duration = Duration::from_millis(500);
 /// held back, like any failed start).
 const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many dead workers wait for a replacement at most: more die only in a crash loop, whose starts are held
+/// back anyway; the oldest are then forgotten (for the events log only: replacing does not depend on it).
+const DEPARTED_KEPT: usize = 16;
+
 /// What the supervisor is given at start.
 pub struct Settings {
     pub template: WorkerTemplate,
     pub initial_slaves: usize,
     pub self_healing: bool,
+    /// Where replacements, crash API calls and restores are recorded.
+    pub events: Events,
+}
+
+/// A worker that died (or was killed by a crash API) and whose place a new slave will take: the events log
+/// pairs each slave started to bring the slaves back to the target with the oldest of these.
+#[derive(Debug, Clone)]
+struct Departed {
+    role: Role,
+    worker: WorkerRef,
+    why: &'static str,
 }
 
 /// A worker the supervisor runs (started or adopted).
@@ -132,6 +148,9 @@ struct Supervisor {
     /// For messages to itself (a retirement's grace running out); weak, so the task still ends when every
     /// handle is gone.
     me: mpsc::WeakSender<Msg>,
+    events: Events,
+    /// Dead workers not replaced yet, oldest first (see [`Departed`]).
+    departed: VecDeque<Departed>,
 }
 
 /// Adopts the running cluster (if any), then spawns the supervisor task. The target is the configured number
@@ -164,6 +183,8 @@ pub async fn spawn(
         hold_until: None,
         failed_starts: 0,
         me: tx.downgrade(),
+        events: settings.events,
+        departed: VecDeque::new(),
     };
     s.adopt_registered().await;
     let current = s.view.borrow().clone();
@@ -429,6 +450,46 @@ impl Supervisor {
                 Err(_) => tracing::warn!(worker = %id, "recording a copy timed out; will retry"),
             }
         }
+    }
+
+    /// Notes a worker gone for good, whose place the next slave started for the target takes.
+    fn departed(&mut self, role: Role, id: &str, pid: u32, why: &'static str) {
+        if self.departed.len() == DEPARTED_KEPT {
+            self.departed.pop_front();
+        }
+        self.departed.push_back(Departed {
+            role,
+            worker: WorkerRef {
+                id: id.to_owned(),
+                pid,
+            },
+            why,
+        });
+    }
+
+    /// Records that slave `id`, just started to bring the slaves back to the target, replaces the oldest worker
+    /// gone (none: it is a scale-up, recorded as the scaling decision).
+    fn replaced(&mut self, id: &str) {
+        let Some(gone) = self.departed.pop_front() else {
+            return;
+        };
+        let pid = self.workers.get(id).map_or(0, |w| w.pid);
+        let role = crate::events::role_label(gone.role);
+        let reason = format!(
+            "{role} {} (pid {}) {}: slave {id} (pid {pid}) started in its place",
+            gone.worker.id, gone.worker.pid, gone.why
+        );
+        self.events.record(
+            What::Replacement {
+                role: gone.role,
+                died: gone.worker,
+                replaced_by: WorkerRef {
+                    id: id.to_owned(),
+                    pid,
+                },
+            },
+            reason,
+        );
     }
 
     async fn is_running_anywhere(&self, id: &str) -> bool {

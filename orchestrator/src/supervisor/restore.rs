@@ -26,6 +26,7 @@ use protocol::Role;
 use tokio::time::Instant;
 
 use super::{Gone, Supervisor};
+use crate::events::What;
 use crate::view::ClusterView;
 
 /// How long the in-sync slaves get to elect a master before the supervisor restores one itself. An election
@@ -276,10 +277,24 @@ impl Supervisor {
                     return;
                 };
                 if let Some(id) = self.start_new(Role::Master, host).await {
-                    tracing::info!(
-                        worker = %id,
-                        "no copy of the database anywhere: started a new, empty master"
-                    );
+                    if self.booted {
+                        self.events.record(
+                            What::Restore {
+                                worker: id.clone(),
+                                epoch: None,
+                                seq: None,
+                            },
+                            format!(
+                                "no master, and no copy of the database anywhere: started {id} as a new, \
+                                 empty master"
+                            ),
+                        );
+                    } else {
+                        tracing::info!(
+                            worker = %id,
+                            "no copy of the database anywhere: started a new, empty master"
+                        );
+                    }
                 }
             }
             Decision::Refuse(why) => {
@@ -309,7 +324,22 @@ impl Supervisor {
                         }
                     }
                 }
-                self.start(id, Role::Master).await;
+                if self.start(id.clone(), Role::Master).await {
+                    self.events.record(
+                        What::Restore {
+                            worker: id.clone(),
+                            epoch: Some(at.epoch),
+                            seq: Some(at.seq),
+                        },
+                        format!(
+                            "no election could bring a master: restarted {id} as master on the furthest copy \
+                             (epoch {}, seq {}) among {}",
+                            at.epoch,
+                            at.seq,
+                            summary(&copies).join(", ")
+                        ),
+                    );
+                }
             }
         }
     }

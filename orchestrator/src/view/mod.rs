@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
+pub mod observe;
 mod registry;
 
 pub use registry::Registry;
@@ -103,6 +104,14 @@ impl ClusterView {
             .collect();
         rows.sort_by_key(|w| w.pid);
         rows
+    }
+
+    /// How far `record`'s worker is behind the master: the master's applied seq minus its own, from the records
+    /// the workers refresh every second (so a lag of a few entries under load is only the refresh's age).
+    /// `None` without a master or its record.
+    pub fn lag_of(&self, record: &WorkerRecord) -> Option<u64> {
+        let master = self.workers.get(&self.master.as_ref()?.id)?;
+        Some(master.applied_seq.saturating_sub(record.applied_seq))
     }
 
     /// The pids of all registered workers, ascending.
@@ -440,6 +449,17 @@ mod tests {
         );
         assert_eq!(view().pids(), vec![10, 20, 30]);
         assert!(view().is_healthy());
+    }
+
+    #[test]
+    fn a_workers_lag_is_how_far_the_masters_record_is_ahead_of_its_own() {
+        let v = view();
+        assert_eq!(v.lag_of(&v.workers["b"]), Some(4));
+        assert_eq!(v.lag_of(&v.workers["a"]), Some(0));
+        assert_eq!(v.lag_of(&v.workers["m"]), Some(0));
+        let mut headless = view();
+        headless.master = None;
+        assert_eq!(headless.lag_of(&headless.workers["b"]), None);
     }
 
     #[test]
