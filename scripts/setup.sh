@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what RideShare needs from Debian 12's packages, and checks that a Rust toolchain is there.
+# Installs what RideShare needs from Debian 12's packages (and, below, cargo-nextest from crates.io and
+# schemathesis from PyPI), and checks that a Rust toolchain is there.
 #
 # Idempotent and silent when everything is already installed: `apt-get update` runs only when a package is
 # missing. Needs root, or sudo when run as another user.
