@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what RideShare needs from Debian 12's packages, and checks that a Rust toolchain is there.
+# Installs what RideShare needs from Debian 12's packages (and, below, cargo-nextest from crates.io and
+# schemathesis from PyPI), and checks that a Rust toolchain is there.
 #
 # Idempotent and silent when everything is already installed: `apt-get update` runs only when a package is
 # missing. Needs root, or sudo when run as another user.
@@ -20,6 +21,7 @@ set -euo pipefail
 #   socat                  the fault suite's own test of its hosts (a listener on one host)
 #   chromium, chromium-driver   the operator console's browser test (e2e/tests/browser): headless Chromium driven
 #                          over WebDriver
+#   python3-venv           the virtualenv that holds schemathesis (the contract fuzzing test), installed below
 #   docker.io, docker-compose   when Docker is missing: the engine and Compose for the container images and test
 PACKAGES=(
     rabbitmq-server
@@ -38,6 +40,7 @@ PACKAGES=(
     socat
     chromium
     chromium-driver
+    python3-venv
 )
 # The containers (scripts/docker-build.sh, the Compose test): Debian's Docker engine and docker-compose 1.29, but
 # only on a machine with no Docker at all (one with Docker's own packages keeps them; the two conflict).
@@ -113,4 +116,21 @@ cargo_bin=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
 if ! "$cargo_bin" nextest --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-nextest from crates.io" >&2
     "$cargo_bin" install --locked --quiet cargo-nextest || die "installing cargo-nextest failed"
+fi
+
+# Schemathesis (PyPI), the contract fuzzer of e2e/tests/contract: in a virtualenv of its own, made with Debian's
+# python3, so neither the system's Python packages nor a user's Python are touched. Pinned, so every machine
+# fuzzes with the same checks; installed again only when the pinned version is not the one there.
+SCHEMATHESIS_VERSION=4.32.5
+VENV_DIR=${RIDESHARE_STATE_DIR:-/var/lib/rideshare}/venv
+if [[ "$("$VENV_DIR/bin/schemathesis" --version 2>/dev/null || true)" != *" $SCHEMATHESIS_VERSION"* ]]; then
+    echo "setup.sh: installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $VENV_DIR" >&2
+    log=$(mktemp /tmp/rideshare-setup.XXXXXX.log)
+    if ! { as_root /usr/bin/python3 -m venv "$VENV_DIR" &&
+        as_root "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check \
+            "schemathesis==$SCHEMATHESIS_VERSION"; } >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "installing schemathesis failed (full log: $log)"
+    fi
+    rm -f "$log"
 fi

@@ -15,10 +15,13 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::queue::{Command, CommandReply, KeyedWrite, ReadReply};
-use protocol::{Names, ReadRequest, ReadResponse, Role, WorkerInfo, WriteRequest, WriteResponse};
+use protocol::{
+    ErrorBody, Names, ReadRequest, ReadResponse, Role, WorkerInfo, WriteRequest, WriteResponse,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::batch::{Batcher, Reads, Writes};
 use crate::cluster::Control;
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/scaling", get(scaling))
         .route("/metrics", get(telemetry::metrics::render))
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", crate::openapi()))
         // Must come after the routes: it applies to the method routers registered so far. axum still adds
         // the `Allow` header to what it returns.
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
@@ -90,9 +94,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `{}`, the body of answers that carry nothing.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Empty {}
 
+#[utoipa::path(get, path = "/health", tag = "cluster",
+    responses(
+        (status = 200, description = "a master and at least one slave in sync", body = Empty),
+        (status = 503, description = "no master, or no slave in sync", body = ErrorBody),
+    ))]
 async fn health(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     let view = state.view.borrow();
     if view.master.is_none() {
@@ -104,6 +113,19 @@ async fn health(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     Ok(Json(Empty {}))
 }
 
+#[utoipa::path(post, path = "/api/v1/db/write", tag = "database", request_body = WriteRequest,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 200,
+        pattern = "^[!-~]+$",
+        description = "1 to 200 visible ASCII characters: a write sent again with the same key is applied once")),
+    responses(
+        (status = 200, description = "the statements ran as one transaction on the master, and every slave in \
+            the in-sync set applied it", body = WriteResponse),
+        (status = 400, description = "an invalid body or Idempotency-Key, or SQLite refused a statement; nothing \
+            was applied", body = ErrorBody),
+        (status = 503, description = "no master, or the write could not be replicated in time; retrying with \
+            the same Idempotency-Key is safe", body = ErrorBody),
+        (status = 500, description = "a bug, or an answer from a worker that makes no sense", body = ErrorBody),
+    ))]
 async fn write(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -124,6 +146,14 @@ async fn write(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/db/clear", tag = "database",
+    responses(
+        (status = 200, description = "every row of every table is deleted, on every worker", body = Empty),
+        (status = 400, description = "the master refused the clear", body = ErrorBody),
+        (status = 503, description = "no master, or the write could not be replicated in time; retrying with \
+            the same Idempotency-Key is safe", body = ErrorBody),
+        (status = 500, description = "a bug, or an answer from a worker that makes no sense", body = ErrorBody),
+    ))]
 async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     let key = uuid::Uuid::new_v4().to_string();
     match state.command(Outgoing::Clear { key }).await? {
@@ -132,6 +162,14 @@ async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/db/read", tag = "database", request_body = ReadRequest,
+    responses(
+        (status = 200, description = "the rows, answered by a slave in sync", body = ReadResponse),
+        (status = 400, description = "an invalid body, SQLite refused the statement, or it would write",
+            body = ErrorBody),
+        (status = 503, description = "no slave in sync answered in time; retry", body = ErrorBody),
+        (status = 500, description = "a bug, or an answer from a worker that makes no sense", body = ErrorBody),
+    ))]
 async fn read(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<ReadRequest>,
@@ -153,10 +191,22 @@ async fn read(
     Ok(Json(rows))
 }
 
+#[utoipa::path(post, path = "/api/v1/crash/master", tag = "cluster",
+    responses(
+        (status = 200, description = "the master was killed: its pid", body = [u32]),
+        (status = 400, description = "there is no master", body = ErrorBody),
+        (status = 500, description = "a bug, or an answer from a worker that makes no sense", body = ErrorBody),
+    ))]
 async fn crash_master(State(state): State<AppState>) -> Result<Json<Vec<u32>>, Error> {
     crash(&state, Role::Master).await
 }
 
+#[utoipa::path(post, path = "/api/v1/crash/slave", tag = "cluster",
+    responses(
+        (status = 200, description = "the slave with the highest pid was killed: its pid", body = [u32]),
+        (status = 400, description = "there is no slave", body = ErrorBody),
+        (status = 500, description = "a bug, or an answer from a worker that makes no sense", body = ErrorBody),
+    ))]
 async fn crash_slave(State(state): State<AppState>) -> Result<Json<Vec<u32>>, Error> {
     crash(&state, Role::Slave).await
 }
@@ -172,12 +222,17 @@ async fn crash(state: &AppState, role: Role) -> Result<Json<Vec<u32>>, Error> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/worker/list", tag = "cluster",
+    responses((status = 200, description = "every worker's pid, master and slaves, ascending", body = [u32])))]
 async fn worker_list(State(state): State<AppState>) -> Json<Vec<u32>> {
     Json(state.view.borrow().pids())
 }
 
 /// `GET /api/v1/scaling` (ext): the number of slaves scaling wants, the number registered, the number in sync,
 /// and the reads counted so far in this interval.
+#[utoipa::path(get, path = "/api/v1/scaling", tag = "cluster",
+    responses((status = 200, description = "the slaves scaling wants, those registered, those in sync, and the \
+        reads counted so far in this interval", body = Scaling)))]
 async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
     let slaves: Vec<WorkerInfo> = state
         .view
@@ -194,7 +249,7 @@ async fn scaling(State(state): State<AppState>) -> Json<Scaling> {
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Scaling {
     desired: usize,
     /// Registered slaves, including new ones still copying the data.
@@ -204,6 +259,8 @@ struct Scaling {
     reads_this_interval: u64,
 }
 
+#[utoipa::path(get, path = "/api/v1/workers", tag = "cluster",
+    responses((status = 200, description = "every worker, by pid", body = [WorkerInfo])))]
 async fn workers(State(state): State<AppState>) -> Json<Vec<WorkerInfo>> {
     Json(state.view.borrow().worker_infos())
 }

@@ -14,6 +14,7 @@
 //! Module map:
 //! - [`config`]: the command line and environment ([`Config`]).
 //! - [`http`]: routes and handlers.
+//! - [`openapi`]: the API's OpenAPI document, served at `/api/openapi.json` (Swagger UI at `/api/docs`).
 //! - [`extract`]: strict JSON bodies and `Idempotency-Key` validation.
 //! - [`retry`]: the attempts of one request within its deadline.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
@@ -39,6 +40,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod http;
+pub mod openapi;
 pub mod retry;
 pub mod rpc;
 pub mod runtime;
@@ -59,6 +61,7 @@ use tokio_util::task::AbortOnDropHandle;
 pub use cluster::ClusterHandle;
 pub use config::Config;
 pub use error::Error;
+pub use openapi::openapi;
 
 /// How long a clean shutdown waits for the broker connection to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,6 +17,42 @@ pub enum Value {
     Text(String),
 }
 
+/// JSON `null`, a number or a string: `"type": ["null", "number", "string"]`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Value {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Null, Type::Number, Type::String]))
+            .description(Some(
+                "SQLite's NULL, INTEGER (64 bits), REAL or TEXT; a blob reads back as lowercase hex",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Value {}
+
+/// `params`: a list of [`Value`]s. Spelled out because utoipa's derive takes any type named `Value` for
+/// `serde_json::Value` (any JSON at all), which would document objects and booleans as valid parameters.
+#[cfg(feature = "openapi")]
+fn values_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(<Value as utoipa::PartialSchema>::schema())
+        .build()
+}
+
+/// `rows`: a list of rows, each a list of [`Value`]s (see [`values_schema`]).
+#[cfg(feature = "openapi")]
+fn rows_schema() -> utoipa::openapi::Array {
+    utoipa::openapi::ArrayBuilder::new()
+        .items(utoipa::openapi::RefOr::T(
+            utoipa::openapi::schema::Schema::Array(values_schema()),
+        ))
+        .build()
+}
+
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -65,11 +101,15 @@ impl<'de> Deserialize<'de> for Value {
 }
 
 /// One SQL statement with `?` placeholders.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
+    /// Not empty: the master refuses SQL that is empty or only a comment.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub sql: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = values_schema))]
     pub params: Vec<Value>,
 }
 
@@ -83,12 +123,16 @@ impl Statement {
 }
 
 /// `POST /api/v1/db/write`: statements that run as one transaction.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriteRequest {
+    /// At least one: the master refuses an empty write.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub statements: Vec<Statement>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatementResult {
     pub rows_affected: u64,
@@ -97,6 +141,7 @@ pub struct StatementResult {
 
 /// The answer to an applied write: one result per statement, and the log sequence number the write was
 /// replicated under (writes batched together share one).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteResponse {
     pub results: Vec<StatementResult>,
@@ -104,26 +149,34 @@ pub struct WriteResponse {
 }
 
 /// `POST /api/v1/db/read`: one read-only statement.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
+    /// Not empty: a slave refuses SQL that is empty or only a comment.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub sql: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = values_schema))]
     pub params: Vec<Value>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadResponse {
     pub columns: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = rows_schema))]
     pub rows: Vec<Vec<Value>>,
 }
 
 /// The body of every 4xx and 5xx answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -132,6 +185,7 @@ pub enum Role {
 }
 
 /// One row of `GET /api/v1/workers`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     pub pid: u32,

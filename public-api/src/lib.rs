@@ -33,7 +33,7 @@ pub use extract::{BadRequest, JsonBody, PathParam, QueryParams};
 pub use values::{Area, InvalidValue, PasswordHash, Timestamp, Username};
 
 /// `{}`, the body of answers that carry nothing.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Empty {}
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops `flusher`, which saves the request

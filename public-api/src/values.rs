@@ -272,6 +272,87 @@ impl TryFrom<String> for Timestamp {
     }
 }
 
+/// The OpenAPI schemas of the values: what their constructors accept, as far as a JSON Schema can say it. A
+/// value the schema allows may still be refused (a username `..`, the date `31-02-2031`): the constructor is
+/// the authority, and its refusal is a documented `400`.
+mod schemas {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+    use utoipa::{PartialSchema, ToSchema};
+
+    use super::{Area, PasswordHash, Timestamp, Username};
+
+    impl PartialSchema for Username {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(Username::MAX_CHARS))
+                // No control character (Unicode's Cc: what `char::is_control` is).
+                .pattern(Some("^[^\\x00-\\x1f\\x7f-\\x9f]*$"))
+                .description(Some(
+                    "1 to 128 characters, no control character, not `.` or `..`; case-sensitive",
+                ))
+                .examples(["alice"])
+                .into()
+        }
+    }
+    impl ToSchema for Username {}
+
+    impl PartialSchema for PasswordHash {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9a-fA-F]{40}$"))
+                .description(Some(
+                    "the SHA-1 of the password: 40 hexadecimal digits, either case",
+                ))
+                .examples(["3d0f3b9ddcacec30c4008c5e030e6c13a478cb4f"])
+                .into()
+        }
+    }
+    impl ToSchema for PasswordHash {}
+
+    impl PartialSchema for Area {
+        fn schema() -> RefOr<Schema> {
+            let number = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(Area::COUNT));
+            // 1 to 198 in decimal digits, leading zeros allowed.
+            let digits = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^0*([1-9]|[1-9][0-9]|1[0-8][0-9]|19[0-8])$"));
+            OneOfBuilder::new()
+                .item(number)
+                .item(digits)
+                .description(Some(
+                    "one of Bangalore's 198 wards (public-api/data/AreaNameEnum.csv), by number: an \
+                     integer or a string of digits",
+                ))
+                .into()
+        }
+    }
+    impl ToSchema for Area {}
+
+    impl PartialSchema for Timestamp {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(
+                    "^[0-9]{2}-[0-9]{2}-[0-9]{4}:[0-9]{2}-[0-9]{2}-[0-9]{2}$",
+                ))
+                .description(Some(
+                    "a moment in UTC written DD-MM-YYYY:SS-MM-HH (day, month, year, then seconds, \
+                     minutes, hours); the date must exist",
+                ))
+                .examples(["08-05-2030:00-53-09"])
+                .into()
+        }
+    }
+    impl ToSchema for Timestamp {}
+}
+
 /// At most `max` characters of `s`, so an error message quoting client input stays short.
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {

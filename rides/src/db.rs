@@ -40,6 +40,20 @@ impl RideId {
     }
 }
 
+impl utoipa::PartialSchema for RideId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(1))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RideId {}
+
 impl fmt::Display for RideId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -56,7 +70,7 @@ pub struct NewRide {
 }
 
 /// One line of the upcoming-rides list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RideSummary {
     #[serde(rename = "rideId")]
     pub id: RideId,
@@ -66,7 +80,7 @@ pub struct RideSummary {
 }
 
 /// A ride with its members.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Ride {
     #[serde(rename = "rideId")]
     pub id: RideId,

@@ -12,11 +12,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
+use protocol::ErrorBody;
 use public_api::counter::count_request;
 use public_api::{
     Area, Db, Empty, JsonBody, PathParam, QueryParams, RequestCounter, Timestamp, Username,
 };
 use serde::{Deserialize, Serialize};
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::db::{self, Join, NewRide, RideId};
 use crate::error::Error;
@@ -50,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/db/clear", post(clear))
         .route("/api/v1/_count", get(count).delete(reset_count))
         .route("/metrics", get(telemetry::metrics::render))
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", crate::openapi()))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(api)
         .fallback(|| async { Error::NotFound })
@@ -64,9 +67,10 @@ async fn method_not_allowed() -> Error {
 
 /// `POST /api/v1/rides`: exactly these fields. `created_by` stays a string here: a name that is not a valid
 /// username is simply not a user, which is the error the contract gives.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRide {
+    #[schema(example = "alice")]
     pub created_by: String,
     pub timestamp: Timestamp,
     pub source: Area,
@@ -74,26 +78,37 @@ pub struct CreateRide {
 }
 
 /// `POST /api/v1/rides/{rideId}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRide {
+    #[schema(example = "bob")]
     pub username: String,
 }
 
 /// `GET /api/v1/rides?source=a&destination=a`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RouteQuery {
     pub source: Area,
     pub destination: Area,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Created {
     #[serde(rename = "rideId")]
     ride_id: RideId,
 }
 
+#[utoipa::path(post, path = "/api/v1/rides", tag = "rides", request_body = CreateRide,
+    responses(
+        (status = 201, description = "the ride is created", body = Created),
+        (status = 400, description = "an invalid body, an unknown user, a time not after now, an invalid area, or \
+            source equal to destination", body = ErrorBody),
+        (status = 503, description = "the database or the users service did not answer in time; retry",
+            body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<CreateRide>,
@@ -122,6 +137,16 @@ async fn create(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/rides", tag = "rides", params(RouteQuery),
+    responses(
+        (status = 200, description = "the rides on that route whose time is after now, earliest first",
+            body = [db::RideSummary]),
+        (status = 204, description = "there is no such ride"),
+        (status = 400, description = "a parameter is missing, unknown or invalid", body = ErrorBody),
+        (status = 503, description = "the database or the users service did not answer in time; retry",
+            body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     QueryParams(route): QueryParams<RouteQuery>,
@@ -133,6 +158,16 @@ async fn list(
     Ok(Json(rides).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/rides/{rideId}", tag = "rides",
+    params(("rideId" = i64, Path, minimum = 1, description = "the ride's id: a positive integer")),
+    responses(
+        (status = 200, description = "the ride and who joined it", body = db::Ride),
+        (status = 204, description = "no such ride"),
+        (status = 400, description = "the id is not a positive integer", body = ErrorBody),
+        (status = 503, description = "the database or the users service did not answer in time; retry",
+            body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     PathParam(ride_id): PathParam,
@@ -144,6 +179,17 @@ async fn show(
         .ok_or(Error::NoSuchRide)
 }
 
+#[utoipa::path(post, path = "/api/v1/rides/{rideId}", tag = "rides", request_body = JoinRide,
+    params(("rideId" = i64, Path, minimum = 1, description = "the ride's id: a positive integer")),
+    responses(
+        (status = 200, description = "the user joined the ride", body = Empty),
+        (status = 204, description = "no such ride"),
+        (status = 400, description = "an invalid id or body, an unknown user, the creator, a user who already \
+            joined, or a ride whose time has passed", body = ErrorBody),
+        (status = 503, description = "the database or the users service did not answer in time; retry",
+            body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn join(
     State(state): State<AppState>,
     PathParam(ride_id): PathParam,
@@ -176,6 +222,15 @@ async fn join(
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/rides/{rideId}", tag = "rides",
+    params(("rideId" = i64, Path, minimum = 1, description = "the ride's id: a positive integer")),
+    responses(
+        (status = 200, description = "the ride and its memberships are deleted", body = Empty),
+        (status = 400, description = "no such ride, or the id is not a positive integer", body = ErrorBody),
+        (status = 503, description = "the database or the users service did not answer in time; retry",
+            body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn remove(
     State(state): State<AppState>,
     PathParam(ride_id): PathParam,
@@ -187,6 +242,13 @@ async fn remove(
     Ok(Json(Empty {}))
 }
 
+#[utoipa::path(get, path = "/api/v1/rides/count", tag = "rides",
+    responses(
+        (status = 200, description = "one number: how many rides are stored, past ones included", body = [u64]),
+        (status = 503, description = "the database or the users service did not answer in time; retry",
+            body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn ride_count(State(state): State<AppState>) -> Result<Json<[u64; 1]>, Error> {
     Ok(Json([db::count(&state.db).await?]))
 }

@@ -13,11 +13,13 @@
 //! - [`db`]: the models (with [`db::RideId`]) and their queries.
 //! - [`users_client`]: the existence check against the users service.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
+//! - [`openapi`]: the public API's OpenAPI document (rides and users), served at `/api/openapi.json`.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod users_client;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use error::Error;
 pub use http::{router, AppState};
+pub use openapi::openapi;
 use users_client::UsersClient;
 
 /// Checks the area list, creates the schema (waiting for the orchestrator if it is not up yet), then serves

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{middleware, Json, Router};
+use protocol::ErrorBody;
 use public_api::counter::count_request;
 use public_api::{Db, Empty, JsonBody, PasswordHash, PathParam, RequestCounter, Username};
 use serde::{Deserialize, Serialize};
@@ -51,18 +52,26 @@ async fn method_not_allowed() -> Error {
 }
 
 /// `PUT /api/v1/users`: exactly these fields, each validated as it is parsed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub username: Username,
     pub password: PasswordHash,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct UserBody {
     username: String,
 }
 
+#[utoipa::path(put, path = "/api/v1/users", tag = "users", request_body = NewUser,
+    responses(
+        (status = 201, description = "the user is registered", body = Empty),
+        (status = 400, description = "an invalid body, username or password, or the name is taken",
+            body = ErrorBody),
+        (status = 503, description = "the database did not answer in time; retry", body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn register(
     State(state): State<AppState>,
     JsonBody(user): JsonBody<NewUser>,
@@ -76,6 +85,13 @@ async fn register(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    responses(
+        (status = 200, description = "every username, in order of registration", body = [String]),
+        (status = 204, description = "there are no users"),
+        (status = 503, description = "the database did not answer in time; retry", body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn list(State(state): State<AppState>) -> Result<Response, Error> {
     let names = db::usernames(&state.db).await?;
     if names.is_empty() {
@@ -85,6 +101,15 @@ async fn list(State(state): State<AppState>) -> Result<Response, Error> {
 }
 
 /// `GET /api/v1/users/{username}` (ext): how the rides service checks that a user exists.
+#[utoipa::path(get, path = "/api/v1/users/{username}", tag = "users",
+    params(("username" = String, Path, description = "the username, as one percent-encoded path segment")),
+    responses(
+        (status = 200, description = "the user exists", body = UserBody),
+        (status = 400, description = "the path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+        (status = 503, description = "the database did not answer in time; retry", body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     PathParam(name): PathParam,
@@ -100,6 +125,15 @@ async fn show(
     }))
 }
 
+#[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "users",
+    params(("username" = String, Path, description = "the username, as one percent-encoded path segment")),
+    responses(
+        (status = 200, description = "the user, their rides and their memberships are deleted", body = Empty),
+        (status = 400, description = "no such user, or a path segment that is not valid percent-encoded UTF-8",
+            body = ErrorBody),
+        (status = 503, description = "the database did not answer in time; retry", body = ErrorBody),
+        (status = 500, description = "a bug of the service", body = ErrorBody),
+    ))]
 async fn remove(
     State(state): State<AppState>,
     PathParam(name): PathParam,

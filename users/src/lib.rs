@@ -10,11 +10,13 @@
 //! - [`http`]: routes and handlers ([`router`]).
 //! - [`db`]: the model and its queries.
 //! - [`error`]: the HTTP [`Error`] type and its status codes.
+//! - [`openapi`]: the OpenAPI document of its routes, merged into the public API's by the rides service.
 
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod openapi;
 
 use std::future::Future;
 
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use error::Error;
 pub use http::{router, AppState};
+pub use openapi::openapi;
 
 /// Creates the schema (waiting for the orchestrator if it is not up yet), then serves on `listener` until
 /// `shutdown` completes, and saves the request count on the way out.
