@@ -516,23 +516,28 @@ impl Nginx {
     /// SIGTERM (nginx's fast shutdown: the master stops its workers, then exits), then SIGKILL if it is
     /// still there after a while. Killing the master alone would leave its workers serving.
     fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
+        terminate(&mut self.child);
+    }
+}
+
+/// Stops a child process: SIGTERM, then SIGKILL if it has not exited within 10 s.
+pub fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Nginx {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e::system::{free_port, timestamp_in, Nginx, PASSWORD};
+use e2e::system::{free_port, terminate, timestamp_in, Nginx, PASSWORD};
 use e2e::{binary, purge, sigkill, worker_pids_of, SETTLE};
 use protocol::Names;
 use reqwest::StatusCode;
@@ -54,19 +54,7 @@ impl Process {
 impl Drop for Process {
     /// SIGTERM (the orchestrator stops its workers on the way out), then SIGKILL after a while.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -195,10 +183,9 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // The orchestrator's own drop stops its workers; these are the ones a failed stop left behind.
-        let namespace = self.names.namespace().to_owned();
-        let _ = &self.orchestrator;
-        for pid in worker_pids_of(&namespace) {
+        // The fields drop after this: the orchestrator's SIGTERM stops its workers. Any worker still running
+        // now would outlive the test, so it is killed first, then the namespace purged.
+        for pid in worker_pids_of(self.names.namespace()) {
             sigkill(pid);
         }
         purge(&self.names);
