@@ -85,6 +85,10 @@ fn names_in_batch(line: &Value, id: &str) -> bool {
 
 struct Stack {
     gateway: String,
+    /// Each service's own address, where its `/metrics` is.
+    users_url: String,
+    rides_url: String,
+    orchestrator_url: String,
     nginx: Nginx,
     orchestrator: Process,
     users: Process,
@@ -135,6 +139,9 @@ impl Stack {
         );
         let stack = Stack {
             gateway,
+            users_url: format!("http://{users_addr}"),
+            rides_url: format!("http://{rides_addr}"),
+            orchestrator_url: orchestrator_url.clone(),
             nginx,
             orchestrator,
             users,
@@ -183,8 +190,9 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // The fields drop after this: the orchestrator's SIGTERM stops its workers. Any worker still running
-        // now would outlive the test, so it is killed first, then the namespace purged.
+        // The orchestrator first: on SIGTERM it stops its workers. Any worker still running then would outlive
+        // the test; it is killed, then the namespace purged.
+        terminate(&mut self.orchestrator.child);
         for pid in worker_pids_of(self.names.namespace()) {
             sigkill(pid);
         }
@@ -339,4 +347,112 @@ async fn one_request_is_followed_by_its_id_from_the_gateway_to_the_worker_that_r
         )
         .await;
     }
+}
+
+/// The value of the first sample of `metric` whose labels include every one of `labels`, in Prometheus text.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn each_service_counts_what_it_served_in_its_own_metrics() {
+    let stack = Stack::start().await;
+    let http = reqwest::Client::new();
+    let scrape = |base: String| {
+        let http = http.clone();
+        async move {
+            let answer = http.get(format!("{base}/metrics")).send().await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK, "{base}/metrics");
+            answer.text().await.unwrap()
+        }
+    };
+    let registered = |text: &str| {
+        sample(
+            text,
+            "http_requests_total",
+            &[
+                r#"route="/api/v1/users""#,
+                r#"method="PUT""#,
+                r#"status="201""#,
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = registered(&scrape(stack.users_url.clone()).await);
+    for name in ["metrics-ann", "metrics-bob", "metrics-cy"] {
+        let answer = http
+            .put(format!("{}/api/v1/users", stack.gateway))
+            .json(&json!({"username": name, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::CREATED);
+    }
+    let answer = http
+        .get(format!("{}/api/v1/rides/12345", stack.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        StatusCode::NO_CONTENT,
+        "no such ride (api.md)"
+    );
+
+    // Each service shows its own requests, by route pattern.
+    let users = scrape(stack.users_url.clone()).await;
+    assert_eq!(registered(&users) - before, 3.0, "{users}");
+    let rides = scrape(stack.rides_url.clone()).await;
+    assert!(
+        sample(
+            &rides,
+            "http_requests_total",
+            &[r#"route="/api/v1/rides/{ride_id}""#, r#"status="204""#]
+        ) >= Some(1.0),
+        "{rides}"
+    );
+    assert_eq!(
+        registered(&rides),
+        0.0,
+        "the rides service counts only its own requests"
+    );
+    // The orchestrator: the writes behind the registrations, their latency histogram and their batches.
+    let orchestrator = scrape(stack.orchestrator_url.clone()).await;
+    let writes = sample(
+        &orchestrator,
+        "http_requests_total",
+        &[r#"route="/api/v1/db/write""#, r#"status="200""#],
+    );
+    assert!(writes >= Some(3.0), "{orchestrator}");
+    let timed = sample(
+        &orchestrator,
+        "http_request_duration_seconds_count",
+        &[r#"route="/api/v1/db/write""#, r#"status="200""#],
+    );
+    assert_eq!(timed, writes, "every write is timed: {orchestrator}");
+    assert!(
+        sample(
+            &orchestrator,
+            "rideshare_batch_size_count",
+            &[r#"kind="write""#]
+        ) >= Some(1.0),
+        "{orchestrator}"
+    );
+    assert_eq!(
+        sample(&orchestrator, "rideshare_in_sync_slaves", &[]),
+        Some(1.0),
+        "{orchestrator}"
+    );
+
+    // Not for the public: the gateway does not forward /metrics.
+    let answer = http
+        .get(format!("{}/metrics", stack.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
 }
