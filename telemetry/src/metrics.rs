@@ -21,6 +21,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Upper bounds of the buckets of histograms whose name ends in `_size` (requests per batch).
 pub const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
+/// How often recorded histogram values are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The content type of the Prometheus text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -39,6 +42,18 @@ pub fn handle() -> &'static PrometheusHandle {
         metrics::set_global_recorder(recorder)
             .expect("no other metrics recorder is installed in this process");
         describe();
+        // A histogram keeps each recorded value until upkeep folds it into the buckets: without a scrape, a
+        // busy service would grow by every request it served. Upkeep on a timer bounds that whoever scrapes.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no metrics upkeep thread ({e}): histograms grow until scraped");
+        }
         handle
     })
 }
