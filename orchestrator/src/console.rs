@@ -224,15 +224,13 @@ async fn cluster(State(state): State<ConsoleState>) -> Json<ClusterState> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use axum::body::Body;
-    use axum::extract::Request;
-    use axum::http::StatusCode;
+    use axum::http::{Method, StatusCode};
     use futures::future::BoxFuture;
     use protocol::coord::{CopyRecord, InSyncSet, MasterRecord, WorkerRecord};
-    use tower::ServiceExt;
 
     use super::*;
     use crate::events::What;
+    use crate::testing::send;
 
     struct Keeps(usize);
 
@@ -300,27 +298,6 @@ mod tests {
         })
     }
 
-    async fn get(app: Router, uri: &str) -> (StatusCode, String, String) {
-        let response = app
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            content_type,
-            String::from_utf8(bytes.to_vec()).unwrap(),
-        )
-    }
-
     #[test]
     fn the_lease_state_follows_from_the_in_sync_set_and_the_candidacy() {
         let rows: Vec<String> = worker_rows(&view())
@@ -362,7 +339,8 @@ mod tests {
             },
             "crash API: there is no master to kill",
         );
-        let (status, content_type, body) = get(app(view(), events), "/api/v1/cluster").await;
+        let (status, content_type, body) =
+            send(&app(view(), events), Method::GET, "/api/v1/cluster").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type, "application/json");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -386,7 +364,7 @@ mod tests {
     async fn without_a_master_the_epoch_is_null_and_nothing_is_healthy() {
         let mut v = view();
         v.master = None;
-        let (_, _, body) = get(app(v, Events::default()), "/api/v1/cluster").await;
+        let (_, _, body) = send(&app(v, Events::default()), Method::GET, "/api/v1/cluster").await;
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(json["epoch"], serde_json::Value::Null);
         assert_eq!(json["healthy"], false);
@@ -401,7 +379,8 @@ mod tests {
             ("/console/console.js", "text/javascript", "/api/v1/cluster"),
             ("/console/console.css", "text/css", "{"),
         ] {
-            let (status, content_type, body) = get(app(view(), Events::default()), uri).await;
+            let (status, content_type, body) =
+                send(&app(view(), Events::default()), Method::GET, uri).await;
             assert_eq!(status, StatusCode::OK, "{uri}");
             assert!(content_type.starts_with(kind), "{uri}: {content_type}");
             assert!(body.contains(needle), "{uri}");

@@ -46,6 +46,8 @@ pub mod rpc;
 pub mod runtime;
 pub mod scaling;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 pub mod view;
 
 use std::future::Future;

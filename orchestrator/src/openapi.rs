@@ -39,19 +39,17 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use axum::body::Body;
-    use axum::extract::Request;
-    use axum::http::{header, Method, StatusCode};
+    use axum::http::{Method, StatusCode};
     use futures::future::BoxFuture;
     use protocol::{Names, Role};
     use serde_json::Value as Json;
     use tokio::sync::watch;
-    use tower::ServiceExt;
 
     use super::*;
     use crate::cluster::Control;
     use crate::http::{router, AppState, Timeouts};
     use crate::rpc::{Rpc, RpcError};
+    use crate::testing::send;
     use crate::view::ClusterView;
 
     /// What each route can answer: api.md's statuses, and those of [`crate::Error`] for a handler that reads a
@@ -109,29 +107,6 @@ mod tests {
             timeouts,
         );
         router(state)
-    }
-
-    async fn send(app: &axum::Router, method: Method, uri: &str) -> (StatusCode, String, String) {
-        let request = Request::builder().method(method).uri(uri);
-        let response = app
-            .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        (
-            status,
-            content_type,
-            String::from_utf8(bytes.to_vec()).unwrap(),
-        )
     }
 
     /// Every operation with its statuses; checks that every `$ref` resolves and every error is an `ErrorBody`.
