@@ -44,6 +44,10 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/console/", get(index))
         .route("/console/console.js", get(script))
         .route("/console/console.css", get(style))
+        // As on every other route: a wrong method is a JSON 405 with `Allow`, and each request is counted and
+        // carries its id (`telemetry::layer`).
+        .method_not_allowed_fallback(|| async { crate::Error::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(telemetry::layer))
         .with_state(state)
 }
 
@@ -384,6 +388,34 @@ mod tests {
             assert_eq!(status, StatusCode::OK, "{uri}");
             assert!(content_type.starts_with(kind), "{uri}: {content_type}");
             assert!(body.contains(needle), "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_a_json_405_with_allow() {
+        let app = app(view(), Events::default());
+        for uri in ["/api/v1/cluster", "/console"] {
+            let request = axum::extract::Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            let response = tower::ServiceExt::oneshot(app.clone(), request)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{uri}");
+            assert!(
+                response.headers()["allow"]
+                    .to_str()
+                    .unwrap()
+                    .contains("GET"),
+                "{uri}"
+            );
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+            assert!(body["error"].is_string(), "{uri}: {body}");
         }
     }
 }
