@@ -15,6 +15,7 @@
 #   RIDESHARE_ORCHESTRATOR_URL  default http://127.0.0.1:8083 (to find the workers' pids)
 #   BENCH_SECONDS               duration of each run (default 10)
 #   BENCH_CLIENTS               space-separated client counts (default "1 16 64")
+#   BENCH_SCENARIOS             space-separated scenarios (default "register create list details")
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ GATEWAY=${RIDESHARE_GATEWAY_URL:-http://127.0.0.1:8080}
 ORCHESTRATOR=${RIDESHARE_ORCHESTRATOR_URL:-http://127.0.0.1:8083}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 read -ra CLIENTS <<<"${BENCH_CLIENTS:-1 16 64}"
+read -ra SCENARIOS <<<"${BENCH_SCENARIOS:-register create list details}"
 PASSWORD=3d0f3b9ddcacec30c4008c5e030e6c13a478cb4f
 # The route whose upcoming rides are listed; the random rides of the creation runs never use it.
 LIST_SOURCE=101
@@ -110,17 +112,16 @@ run_wrk() {
 }
 
 printf "%-10s %7s %9s %12s %9s %9s %7s\n" scenario clients requests throughput/s "p50 ms" "p99 ms" errors
-for clients in "${CLIENTS[@]}"; do
-    run_wrk register "$clients" -s bench/wrk/register.lua "$GATEWAY" -- "$run_id-c$clients"
-done
-for clients in "${CLIENTS[@]}"; do
-    run_wrk create "$clients" -s bench/wrk/create_ride.lua "$GATEWAY" -- "$run_id-driver" "$future"
-done
-for clients in "${CLIENTS[@]}"; do
-    run_wrk list "$clients" "$GATEWAY/api/v1/rides?source=$LIST_SOURCE&destination=$LIST_DESTINATION"
-done
-for clients in "${CLIENTS[@]}"; do
-    run_wrk details "$clients" "$GATEWAY/api/v1/rides/$ride"
+for scenario in "${SCENARIOS[@]}"; do
+    for clients in "${CLIENTS[@]}"; do
+        case $scenario in
+        register) run_wrk register "$clients" -s bench/wrk/register.lua "$GATEWAY" -- "$run_id-c$clients" ;;
+        create) run_wrk create "$clients" -s bench/wrk/create_ride.lua "$GATEWAY" -- "$run_id-driver" "$future" ;;
+        list) run_wrk list "$clients" "$GATEWAY/api/v1/rides?source=$LIST_SOURCE&destination=$LIST_DESTINATION" ;;
+        details) run_wrk details "$clients" "$GATEWAY/api/v1/rides/$ride" ;;
+        *) die "unknown scenario $scenario (register, create, list, details)" ;;
+        esac
+    done
 done
 
 # Memory: the process listening on each service's port (and nginx's workers), and the workers the orchestrator
