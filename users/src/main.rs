@@ -1,6 +1,10 @@
 use anyhow::Context;
 use clap::Parser;
 
+// See the workspace manifest for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = users::Config::parse();
