@@ -22,7 +22,9 @@
 #                      this plus 10 (default 18080)
 #   RIDESHARE_SCALE_INTERVAL_SECS  the orchestrator's scaling interval, passed to ./run.sh (default: its own)
 #   RIDESHARE_NAMESPACE            the system's queues and znodes (default compare)
-#   CARGO_TARGET_DIR   where cargo builds (default target)
+#   CARGO_TARGET_DIR   where cargo builds (default target). A target directory shared with another checkout
+#                      gets this checkout's binaries in its release/ from the build: anything else started from
+#                      there afterwards (./run.sh, dbbench and their workers) runs this checkout's code.
 
 # shellcheck disable=SC2317 # cleanup runs from the EXIT trap, which shellcheck cannot follow
 set -euo pipefail
