@@ -10,6 +10,8 @@
 #   RIDESHARE_RIDES_LISTEN          rides service address (default 127.0.0.1:8082)
 #   RIDESHARE_ORCHESTRATOR_LISTEN   orchestrator address (default 127.0.0.1:8083)
 #   RIDESHARE_SCALE_INTERVAL_SECS   the orchestrator's scaling interval (its default: 120), passed through
+#   RIDESHARE_RUN_DATA_DIR          where the services keep their data (default data, under the repository)
+#   CARGO_TARGET_DIR                where cargo builds the binaries run (default target)
 #   RUST_LOG                        log filter of every Rust process (default info)
 
 # shellcheck disable=SC2317 # cleanup and its helpers run from the EXIT trap, which shellcheck cannot follow
@@ -21,6 +23,9 @@ GATEWAY_LISTEN=${RIDESHARE_GATEWAY_LISTEN:-127.0.0.1:8080}
 USERS_LISTEN=${RIDESHARE_USERS_LISTEN:-127.0.0.1:8081}
 RIDES_LISTEN=${RIDESHARE_RIDES_LISTEN:-127.0.0.1:8082}
 ORCHESTRATOR_LISTEN=${RIDESHARE_ORCHESTRATOR_LISTEN:-127.0.0.1:8083}
+# Another directory lets a second system run beside this checkout's own (bench/compare.sh does).
+DATA_DIR=${RIDESHARE_RUN_DATA_DIR:-data}
+BIN_DIR=${CARGO_TARGET_DIR:-target}/release
 # The packages whose binaries are built (in release) and run.
 PACKAGES=(orchestrator worker users rides)
 # How long a service may take to answer GET /health, and to exit after SIGTERM.
@@ -31,6 +36,7 @@ export RUST_LOG=${RUST_LOG:-info}
 if [[ -n ${RIDESHARE_SCALE_INTERVAL_SECS:-} ]]; then
     export RIDESHARE_SCALE_INTERVAL_SECS
 fi
+export RIDESHARE_ORCHESTRATOR_DATA_DIR=${RIDESHARE_ORCHESTRATOR_DATA_DIR:-$DATA_DIR/orchestrator}
 
 log() {
     echo "run.sh: $*" >&2
@@ -157,19 +163,19 @@ cargo build --release --bins "${PACKAGES[@]/#/--package=}"
 
 # The orchestrator stops its workers when it stops: run.sh owns the whole cluster.
 start_service orchestrator "http://$ORCHESTRATOR_LISTEN" \
-    target/release/orchestrator --listen "$ORCHESTRATOR_LISTEN" --stop-workers-on-shutdown
+    "$BIN_DIR"/orchestrator --listen "$ORCHESTRATOR_LISTEN" --stop-workers-on-shutdown
 # Each service creates the shared schema through the orchestrator before it reports healthy.
 start_service users "http://$USERS_LISTEN" \
-    target/release/users --listen "$USERS_LISTEN" --orchestrator-url "http://$ORCHESTRATOR_LISTEN" \
-    --data-dir data/users
+    "$BIN_DIR"/users --listen "$USERS_LISTEN" --orchestrator-url "http://$ORCHESTRATOR_LISTEN" \
+    --data-dir "$DATA_DIR/users"
 # Rides checks users through the gateway, which starts last: its first check waits for it, the start does not.
 start_service rides "http://$RIDES_LISTEN" \
-    target/release/rides --listen "$RIDES_LISTEN" --orchestrator-url "http://$ORCHESTRATOR_LISTEN" \
-    --gateway-url "http://$GATEWAY_LISTEN" --data-dir data/rides
+    "$BIN_DIR"/rides --listen "$RIDES_LISTEN" --orchestrator-url "http://$ORCHESTRATOR_LISTEN" \
+    --gateway-url "http://$GATEWAY_LISTEN" --data-dir "$DATA_DIR/rides"
 # The gateway's /health is the rides service's, through nginx: both are up.
 start_service gateway "http://$GATEWAY_LISTEN" \
     scripts/gateway.sh --listen "$GATEWAY_LISTEN" --users "$USERS_LISTEN" --rides "$RIDES_LISTEN" \
-    --runtime-dir data/gateway
+    --runtime-dir "$DATA_DIR/gateway"
 
 echo >&2
 echo "RideShare is running; Ctrl-C stops it." >&2

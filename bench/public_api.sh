@@ -12,7 +12,7 @@
 #
 # Environment (each optional):
 #   RIDESHARE_GATEWAY_URL       default http://127.0.0.1:8080
-#   RIDESHARE_ORCHESTRATOR_URL  default http://127.0.0.1:8083 (to find the workers' pids)
+#   RIDESHARE_ORCHESTRATOR_URL  default http://127.0.0.1:8083 (to find the workers' pids; none there: one process)
 #   BENCH_SECONDS               duration of each run (default 10)
 #   BENCH_CLIENTS               space-separated client counts (default "1 16 64")
 #   BENCH_SCENARIOS             space-separated scenarios (default "register create list details")
@@ -125,9 +125,10 @@ for scenario in "${SCENARIOS[@]}"; do
 done
 
 # Memory: the process listening on each service's port (and nginx's workers), and the workers the orchestrator
-# lists. Resident set size now, and the peak since the process started.
+# lists. Resident set size now, and the peak since the process started. When no orchestrator answers, the target
+# is one process (the baseline of bench/compare.sh): the one listening on the gateway's port.
 pid_on_port() {
-    ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2
+    ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true
 }
 port_of() {
     local hostport=${1#*://}
@@ -144,19 +145,25 @@ memory() {
 echo
 printf "%-14s %8s %10s %10s\n" process pid "RSS MiB" "peak MiB"
 gateway_pid=$(pid_on_port "$(port_of "$GATEWAY")")
-for name_port in "users:${RIDESHARE_USERS_PORT:-8081}" "rides:${RIDESHARE_RIDES_PORT:-8082}" \
-    "orchestrator:$(port_of "$ORCHESTRATOR")"; do
-    pid=$(pid_on_port "${name_port#*:}")
-    [[ -n $pid ]] && memory "${name_port%%:*}" "$pid"
-done
-for pid in $(curl -fsS "$ORCHESTRATOR/api/v1/worker/list" | tr -c '0-9' ' '); do
-    memory worker "$pid"
-done
-if [[ -n $gateway_pid ]]; then
-    master=$(ps -o ppid= -p "$gateway_pid" | tr -d ' ')
-    [[ $(ps -o comm= -p "$master" 2>/dev/null) == nginx ]] || master=$gateway_pid
-    memory "nginx master" "$master"
-    for pid in $(pgrep -P "$master"); do
-        memory "nginx worker" "$pid"
+if workers=$(curl -fsS --max-time 5 "$ORCHESTRATOR/api/v1/worker/list" 2>/dev/null); then
+    for name_port in "users:${RIDESHARE_USERS_PORT:-8081}" "rides:${RIDESHARE_RIDES_PORT:-8082}" \
+        "orchestrator:$(port_of "$ORCHESTRATOR")"; do
+        pid=$(pid_on_port "${name_port#*:}")
+        if [[ -n $pid ]]; then
+            memory "${name_port%%:*}" "$pid"
+        fi
     done
+    for pid in $(tr -c '0-9' ' ' <<<"$workers"); do
+        memory worker "$pid"
+    done
+    if [[ -n $gateway_pid ]]; then
+        master=$(ps -o ppid= -p "$gateway_pid" | tr -d ' ')
+        [[ $(ps -o comm= -p "$master" 2>/dev/null) == nginx ]] || master=$gateway_pid
+        memory "nginx master" "$master"
+        for pid in $(pgrep -P "$master"); do
+            memory "nginx worker" "$pid"
+        done
+    fi
+elif [[ -n $gateway_pid ]]; then
+    memory "$(ps -o comm= -p "$gateway_pid")" "$gateway_pid"
 fi

@@ -10,7 +10,11 @@
 //! - [`load`]: the benchmark table and the concurrent clients.
 //! - [`stats`]: throughput and percentiles of one run.
 //! - [`memory`]: peak resident memory (`VmHWM`) from `/proc`.
+//!
+//! Beside it, [`baseline`]: the public API in one process on a local SQLite file (the `baseline` binary), the
+//! figure `bench/compare.sh` sets the system against.
 
+pub mod baseline;
 pub mod config;
 pub mod load;
 pub mod memory;
