@@ -2,10 +2,6 @@ use anyhow::Context;
 use clap::Parser;
 use orchestrator::Config;
 
-// See the workspace manifest for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

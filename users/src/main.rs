@@ -1,10 +1,6 @@
 use anyhow::Context;
 use clap::Parser;
 
-// See the workspace manifest for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = users::Config::parse();

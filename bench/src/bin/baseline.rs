@@ -1,10 +1,6 @@
 use anyhow::Context;
 use clap::Parser;
 
-// The services' allocator (see the workspace manifest), so that the comparison is between architectures.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = bench::baseline::Config::parse();
