@@ -16,7 +16,6 @@ const DEFAULT_DATA_DIR: &str = "./data/orchestrator";
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5000;
 const DEFAULT_INITIAL_SLAVES: usize = 1;
 const DEFAULT_SCALE_INTERVAL_SECS: u64 = 120;
-const DEFAULT_MAX_SLAVES: u64 = 16;
 const DEFAULT_WRITE_DEADLINE_MS: u64 = 10_000;
 const DEFAULT_READ_DEADLINE_MS: u64 = 10_000;
 const DEFAULT_WORKER_IMAGE: &str = "rideshare/worker:latest";
@@ -127,11 +126,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub scale_interval_secs: u64,
 
-    /// The most slaves scaling may ask for, whatever the load: each slave is a process with its own copy of the
-    /// database, and past the machine's cores more slaves only add contention.
-    #[arg(long, env = "RIDESHARE_MAX_SLAVES", default_value_t = DEFAULT_MAX_SLAVES,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_slaves: u64,
+    /// The most slaves scaling may ask for, whatever the load: a number, or `auto` for as many as the machine
+    /// the workers run on has processors (see `scaling::ceiling_for_cores`). Each slave is a process with its
+    /// own copy of the database that applies every write and acknowledges every round, so past the cores more
+    /// slaves add contention, not capacity.
+    #[arg(long, env = "RIDESHARE_MAX_SLAVES", default_value = "auto", value_parser = parse_max_slaves)]
+    pub max_slaves: MaxSlaves,
 
     /// Replace dead workers and keep the number of slaves at its target. Off only for tests that watch a
     /// cluster degrade; crash APIs and the worker lists work either way.
@@ -171,7 +171,7 @@ impl Config {
             initial_slaves: DEFAULT_INITIAL_SLAVES,
             self_healing: true,
             scale_interval_secs: DEFAULT_SCALE_INTERVAL_SECS,
-            max_slaves: DEFAULT_MAX_SLAVES,
+            max_slaves: MaxSlaves::Auto,
             stop_workers_on_shutdown: false,
         }
     }
@@ -226,6 +226,24 @@ impl Config {
     }
 }
 
+/// The scaling ceiling as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSlaves {
+    /// Follow the processors of the workers' machine.
+    Auto,
+    Fixed(u64),
+}
+
+fn parse_max_slaves(s: &str) -> Result<MaxSlaves, String> {
+    match s {
+        "auto" => Ok(MaxSlaves::Auto),
+        _ => match s.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(MaxSlaves::Fixed(n)),
+            _ => Err("must be `auto` or a whole number of at least 1".to_owned()),
+        },
+    }
+}
+
 /// Checked here rather than left to `Names::new`, which panics: a bad flag should be a usage error.
 fn parse_namespace(s: &str) -> Result<String, String> {
     if protocol::names::is_valid_name(s) {
@@ -256,6 +274,22 @@ mod tests {
         let built = Config::defaults();
         // Compared field by field through Debug: Config has no PartialEq of its own to keep in step.
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn the_slave_ceiling_is_auto_by_default_or_a_positive_number() {
+        let parse = |args: &[&str]| {
+            Config::command()
+                .mut_args(|arg| arg.env(None::<&str>))
+                .try_get_matches_from([&["orchestrator"], args].concat())
+                .map(|m| Config::from_arg_matches(&m).unwrap().max_slaves)
+        };
+        assert_eq!(parse(&[]).unwrap(), MaxSlaves::Auto);
+        assert_eq!(parse(&["--max-slaves", "auto"]).unwrap(), MaxSlaves::Auto);
+        assert_eq!(parse(&["--max-slaves", "3"]).unwrap(), MaxSlaves::Fixed(3));
+        for bad in ["0", "-1", "1.5", "many", ""] {
+            assert!(parse(&["--max-slaves", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

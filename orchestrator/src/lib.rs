@@ -131,6 +131,15 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             .await?,
         ),
     };
+    let max_slaves = match config.max_slaves {
+        config::MaxSlaves::Fixed(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        config::MaxSlaves::Auto => {
+            let cores = runtime.cores().await?;
+            let ceiling = scaling::ceiling_for_cores(cores);
+            tracing::info!(cores, ceiling, "slave ceiling from the workers' machine");
+            ceiling
+        }
+    };
     let (cluster, supervisor_task) = supervisor::spawn(
         supervisor::Settings {
             template: cluster::WorkerTemplate {
@@ -165,7 +174,7 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
         state.read_counter.clone(),
         cluster.clone(),
         config.scale_interval(),
-        usize::try_from(config.max_slaves).unwrap_or(usize::MAX),
+        max_slaves,
         events.clone(),
     );
     let console = console::ConsoleState {

@@ -50,6 +50,10 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// The hosts workers can be placed on, in the order configured; at least one.
     fn hosts(&self) -> Vec<String>;
 
+    /// The processors of the machine the workers run on, which bound how many slaves are worth running
+    /// (`--max-slaves auto`).
+    fn cores(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
+
     /// Starts a worker on `spec.host`, on its copy there (made empty if there is none yet), and returns once it
     /// runs (not once it has registered in ZooKeeper).
     fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, anyhow::Result<WorkerProcess>>;

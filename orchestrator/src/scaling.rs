@@ -55,6 +55,13 @@ impl ReadCounter {
 
 /// Starts the scaler: it waits for the first read, then decides at every `interval`, and records each decision
 /// in `events`.
+/// The ceiling `--max-slaves auto` gives on a machine with `cores` processors: one slave per core. Measured on a
+/// 2-core machine (README, "Scaling"): every slave applies every write and acknowledges every round, so past the
+/// cores each one makes writes slower and adds no read capacity; at least one, as the cluster needs one slave.
+pub fn ceiling_for_cores(cores: usize) -> usize {
+    cores.max(1)
+}
+
 pub fn spawn(
     counter: Arc<ReadCounter>,
     cluster: ClusterHandle,
@@ -163,6 +170,14 @@ mod tests {
         }
         assert_eq!(desired_slaves(10_000, 16), 16);
         assert_eq!(desired_slaves(10_000, 0), 1);
+    }
+
+    #[test]
+    fn the_automatic_ceiling_is_one_slave_per_core_and_never_none() {
+        assert_eq!(ceiling_for_cores(0), 1);
+        assert_eq!(ceiling_for_cores(1), 1);
+        assert_eq!(ceiling_for_cores(2), 2);
+        assert_eq!(ceiling_for_cores(16), 16);
     }
 
     #[test]

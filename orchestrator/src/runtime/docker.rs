@@ -357,6 +357,21 @@ impl WorkerRuntime for DockerWorkers {
         vec![DOCKER_HOST.to_owned()]
     }
 
+    /// The Docker engine's host's, as `docker info` reports them: the containers run there.
+    fn cores(&self) -> BoxFuture<'_, anyhow::Result<usize>> {
+        Box::pin(async {
+            let info = self
+                .docker
+                .info()
+                .await
+                .context("asking Docker for its CPUs")?;
+            let ncpu = info
+                .ncpu
+                .context("Docker did not say how many CPUs it has")?;
+            usize::try_from(ncpu).context("Docker reported a negative number of CPUs")
+        })
+    }
+
     fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, anyhow::Result<WorkerProcess>> {
         Box::pin(self.spawn(spec))
     }

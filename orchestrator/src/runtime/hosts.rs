@@ -330,6 +330,12 @@ impl WorkerRuntime for Hosts {
         self.hosts.iter().map(|h| h.name.clone()).collect()
     }
 
+    /// This machine's: every host's launcher runs here (local processes, or the test bed's hosts, which are
+    /// network namespaces sharing this machine's processors).
+    fn cores(&self) -> BoxFuture<'_, anyhow::Result<usize>> {
+        Box::pin(async { Ok(std::thread::available_parallelism()?.get()) })
+    }
+
     fn start(&self, spec: WorkerSpec) -> BoxFuture<'_, anyhow::Result<WorkerProcess>> {
         Box::pin(self.spawn(spec))
     }
