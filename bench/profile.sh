@@ -36,7 +36,8 @@ export RIDESHARE_USERS_PORT=28081 RIDESHARE_RIDES_PORT=28082
 export RIDESHARE_NAMESPACE=${RIDESHARE_NAMESPACE:-profile}
 export BENCH_SECONDS=${BENCH_SECONDS:-5} BENCH_CLIENTS=${BENCH_CLIENTS:-64}
 
-BENCH_PID= PERF_PID=
+BENCH_PID=''
+PERF_PID=''
 cleanup() {
     [[ -n $PERF_PID ]] && kill -INT "$PERF_PID" 2>/dev/null && wait "$PERF_PID" 2>/dev/null
     [[ -n $BENCH_PID ]] && kill -TERM "$BENCH_PID" 2>/dev/null && wait "$BENCH_PID" 2>/dev/null
@@ -68,14 +69,15 @@ wait "$BENCH_PID" || die "public_api.sh failed: $(tail -5 "$out/bench.err")"
 BENCH_PID=
 cat "$out/bench.txt"
 
-# Folded stacks whose first frame is "thread-pid", renamed to the process's program, then one file and one flame
-# graph per program.
+# Folded stacks whose first frame is "thread-pid", renamed to the process's program (to the thread's name for a
+# process gone by then: wrk's runs, or the idle "swapper"), then one file and one flame graph per program.
 perf script -i "$out/perf.data" -F comm,pid,tid,time,event,ip,sym,dso 2>/dev/null |
     inferno-collapse-perf --pid --all 2>/dev/null |
     awk 'NR == FNR { name[$1] = $2; next }
          { first = $0; sub(/;.*/, "", first); pid = first; sub(/.*-/, "", pid)
            rest = substr($0, length(first) + 1)
-           print ((pid in name) ? name[pid] : "other") rest }' "$out/pids.txt" - >"$out/all.folded"
+           comm = first; sub(/-[0-9]+$/, "", comm)
+           print ((pid in name) ? name[pid] : comm) rest }' "$out/pids.txt" - >"$out/all.folded"
 echo
 printf "%-20s %8s %7s\n" process samples share
 awk '{ n = $NF; p = $0; sub(/;.*/, "", p); s[p] += n; t += n }

@@ -243,7 +243,7 @@ impl Cluster {
             config.scale_interval_secs = secs;
         }
         if let Some(max) = options.max_slaves {
-            config.max_slaves = max;
+            config.max_slaves = orchestrator::config::MaxSlaves::Fixed(max);
         }
         config.stop_workers_on_shutdown = true;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
