@@ -219,10 +219,8 @@ impl Store {
     ) -> anyhow::Result<Vec<RideSummary>> {
         self.readers
             .run(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, created_by, timestamp FROM rides \
-                     WHERE source = ? AND destination = ? AND timestamp > ? ORDER BY timestamp, id",
-                )?;
+                // The rides service's own statement (compiled once per connection; see its comment).
+                let mut stmt = conn.prepare_cached(rides::db::UPCOMING_SQL)?;
                 let mut rows =
                     stmt.query(params![source.number(), destination.number(), now.unix()])?;
                 let mut out = Vec::new();
@@ -242,11 +240,7 @@ impl Store {
     pub async fn find_ride(&self, id: i64) -> anyhow::Result<Option<Ride>> {
         self.readers
             .run(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT r.id, r.created_by, r.timestamp, r.source, r.destination, m.username \
-                     FROM rides r LEFT JOIN ride_members m ON m.ride_id = r.id \
-                     WHERE r.id = ? ORDER BY m.position",
-                )?;
+                let mut stmt = conn.prepare_cached(rides::db::FIND_SQL)?;
                 let mut rows = stmt.query([id])?;
                 let Some(first) = rows.next()? else {
                     return Ok(None);
