@@ -47,6 +47,8 @@ async fn the_number_of_slaves_follows_the_reads_of_each_interval_with_the_exact_
     // while a slave starts on a loaded machine.
     let c = Cluster::start_opts(Options {
         scale_interval_secs: Some(6),
+        // The policy's counts, up to four slaves, whatever this machine's cores (the default ceiling).
+        max_slaves: Some(4),
         ..Options::new(1)
     })
     .await;
@@ -89,6 +91,24 @@ async fn scaling_stops_at_the_ceiling() {
     reads(&c, 70).await;
     wait_for_desired(&c, 2).await;
     c.wait_for_workers(3).await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_scaling_stops_at_one_slave_per_core() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let c = Cluster::start_opts(Options {
+        // Long enough for the reads below to fall within one interval (as in the exact-counts test).
+        scale_interval_secs: Some(6),
+        ..Options::new(1)
+    })
+    .await;
+    c.write_ok(vec![st("CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![])])
+        .await;
+    // Enough for two slaves more than the cores: the policy asks for cores + 2, the ceiling gives the cores.
+    reads(&c, 20 * (cores + 2) + 1).await;
+    wait_for_desired(&c, cores as u64).await;
+    c.wait_for_workers(cores + 1).await;
     c.stop().await;
 }
 
