@@ -79,6 +79,8 @@ impl Project {
                 "RIDESHARE_SCALE_INTERVAL_SECS",
                 self.scale_interval_secs.to_string(),
             )
+            // The scaling check asks for three slaves, whatever this host's processors (the default ceiling).
+            .env("RIDESHARE_MAX_SLAVES", "4")
             .stdin(Stdio::null());
         cmd
     }
