@@ -39,11 +39,14 @@ if (($# == 0)); then
     target/debug/faultsuite --seconds "${RIDESHARE_FAULTSUITE_SECONDS:-90}" \
         --seed "${RIDESHARE_FAULTSUITE_SEED:-1}" --out target/faultsuite || status=$?
 fi
-# The whole system as containers under Compose, with the images built from this tree (scripts/docker-build.sh
+# The whole system as containers under Compose, and the workers as Swarm services on a one-node swarm (made and
+# left by the test when the engine is in none), with the images built from this tree (scripts/docker-build.sh
 # also creates the base image where none can be pulled). Only where a Docker engine answers; said when skipped.
 if docker info >/dev/null 2>&1; then
     if scripts/docker-build.sh; then
-        cargo nextest run -p e2e --test containers --no-fail-fast --run-ignored only "$@" || status=$?
+        # One at a time: the Compose project and the swarm each start a whole cluster on this machine.
+        cargo nextest run -p e2e --test containers --no-fail-fast --test-threads 1 --run-ignored only "$@" ||
+            status=$?
     else
         status=1
     fi

@@ -75,6 +75,9 @@ pub struct Options {
     /// Run the workers on this many hosts (`host-a`, `host-b`, ...; the orchestrator's `hosts` runtime), each a
     /// launcher script that execs the worker binary and a data root of its own; 0: local processes.
     pub hosts: usize,
+    /// Run the workers as Docker Swarm services of the image `rideshare/worker:latest`, on the host's network
+    /// (where the broker and ZooKeeper are at the same addresses); the Docker engine must be a swarm manager.
+    pub swarm: bool,
 }
 
 impl Options {
@@ -88,6 +91,7 @@ impl Options {
             max_slaves: None,
             worker_env: Vec::new(),
             hosts: 0,
+            swarm: false,
         }
     }
 }
@@ -231,6 +235,11 @@ impl Cluster {
                     });
                 roots.insert(name, data_root);
             }
+        }
+        if options.swarm {
+            roots.clear();
+            config.worker_runtime = orchestrator::config::WorkerRuntime::Swarm;
+            config.docker_network = "host".to_owned();
         }
         config.request_timeout_ms = options.request_timeout_ms;
         if let Some(deadline) = options.retry_deadline_ms {

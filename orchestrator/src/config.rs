@@ -33,6 +33,10 @@ pub enum WorkerRuntime {
     Hosts,
     /// Docker containers (`--worker-image`), started through the Docker API on `--docker-network`.
     Docker,
+    /// Docker Swarm services of one replica each (`--worker-image`), placed across the swarm's nodes, each with
+    /// a volume on its node, on `--docker-network` (an overlay network, or `host`); the orchestrator must reach
+    /// a manager's Docker engine.
+    Swarm,
 }
 
 /// RideShare orchestrator: the database API (`db/read`, `db/write`) and control of the worker cluster.
@@ -84,6 +88,11 @@ pub struct Config {
     /// The worker image of the Docker runtime.
     #[arg(long, env = "RIDESHARE_WORKER_IMAGE", default_value = DEFAULT_WORKER_IMAGE)]
     pub worker_image: String,
+
+    /// With the Swarm runtime, only nodes carrying this label (`KEY=VALUE`, set with `docker node update
+    /// --label-add`) run workers; without it, every ready and active node does.
+    #[arg(long, env = "RIDESHARE_SWARM_NODE_LABEL", value_parser = parse_label)]
+    pub swarm_node_label: Option<(String, String)>,
 
     /// The Docker network worker containers join (where RabbitMQ and ZooKeeper are found by name).
     #[arg(long, env = "RIDESHARE_DOCKER_NETWORK", default_value = DEFAULT_DOCKER_NETWORK)]
@@ -163,6 +172,7 @@ impl Config {
             worker_runtime: WorkerRuntime::Process,
             worker_hosts: Vec::new(),
             worker_image: DEFAULT_WORKER_IMAGE.to_owned(),
+            swarm_node_label: None,
             docker_network: DEFAULT_DOCKER_NETWORK.to_owned(),
             docker_data_volume: DEFAULT_DOCKER_DATA_VOLUME.to_owned(),
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
@@ -253,6 +263,14 @@ fn parse_namespace(s: &str) -> Result<String, String> {
     }
 }
 
+/// A node label, `KEY=VALUE`: both non-empty.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("a node label is KEY=VALUE, not {s:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, FromArgMatches};
@@ -311,6 +329,27 @@ mod tests {
         assert!(c.stop_workers_on_shutdown);
         assert_eq!(c.initial_slaves, 1);
         assert!(c.self_healing);
+    }
+
+    #[test]
+    fn the_swarm_runtime_may_be_limited_to_labelled_nodes() {
+        let c = Config::try_parse_from([
+            "orchestrator",
+            "--worker-runtime",
+            "swarm",
+            "--swarm-node-label",
+            "rideshare.db=yes",
+        ])
+        .unwrap();
+        assert_eq!(c.worker_runtime, WorkerRuntime::Swarm);
+        assert_eq!(
+            c.swarm_node_label,
+            Some(("rideshare.db".to_owned(), "yes".to_owned()))
+        );
+        for bad in ["rideshare.db", "=yes", "rideshare.db="] {
+            let parsed = Config::try_parse_from(["orchestrator", "--swarm-node-label", bad]);
+            assert!(parsed.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -130,6 +130,19 @@ pub async fn start(config: Config) -> anyhow::Result<App> {
             )
             .await?,
         ),
+        config::WorkerRuntime::Swarm => Arc::new(
+            runtime::swarm::SwarmWorkers::connect(
+                runtime::swarm::SwarmSettings {
+                    image: config.worker_image.clone(),
+                    network: config.docker_network.clone(),
+                    namespace: config.namespace.clone(),
+                    zk: config.zk.clone(),
+                    node_label: config.swarm_node_label.clone(),
+                },
+                exits_tx,
+            )
+            .await?,
+        ),
     };
     let max_slaves = match config.max_slaves {
         config::MaxSlaves::Fixed(n) => usize::try_from(n).unwrap_or(usize::MAX),

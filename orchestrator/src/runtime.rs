@@ -1,6 +1,7 @@
 //! Where workers run: the [`WorkerRuntime`] trait; [`hosts::Hosts`], which runs them as processes started
 //! through a launcher on each of a set of hosts (local processes are the case of one host, this machine); and
-//! [`docker::DockerWorkers`], which runs them as containers.
+//! [`docker::DockerWorkers`], which runs them as containers on one Docker engine; and [`swarm::SwarmWorkers`],
+//! which runs them as Swarm services placed across a swarm's nodes.
 //!
 //! A worker runs on a host, and its copy of the database lives on that host's disk, under the worker's id: a
 //! copy stays where it is, so restarting a copy means starting its worker on the host that holds it. The
@@ -13,6 +14,7 @@
 
 pub mod docker;
 pub mod hosts;
+pub mod swarm;
 
 use std::collections::HashMap;
 

@@ -85,6 +85,17 @@ impl Names {
         format!("/{}/copies/{}", self.namespace, worker_id)
     }
 
+    /// Parent of the host pids handed to workers that cannot see theirs (a Swarm task's container, on another
+    /// node than the orchestrator's files): one persistent znode per worker id, written by the orchestrator
+    /// once the container runs, read by the worker before it registers.
+    pub fn zk_host_pids(&self) -> String {
+        format!("/{}/host-pids", self.namespace)
+    }
+
+    pub fn zk_host_pid(&self, worker_id: &str) -> String {
+        format!("/{}/host-pids/{}", self.namespace, worker_id)
+    }
+
     /// Ephemeral znode held by the current master; its existence is the master's lease on the role.
     pub fn zk_master(&self) -> String {
         format!("/{}/master", self.namespace)
@@ -123,6 +134,7 @@ mod tests {
         assert_eq!(n.sync_queue("w3"), "t1.syncQ.w3");
         assert_eq!(n.zk_worker("w3"), "/t1/workers/w3");
         assert_eq!(n.zk_copy("w3"), "/t1/copies/w3");
+        assert_eq!(n.zk_host_pid("w3"), "/t1/host-pids/w3");
         assert!(n.zk_candidate(99, "b") < n.zk_candidate(100, "a"));
     }
 

@@ -63,6 +63,12 @@ pub struct Config {
     /// waits for it before registering anywhere; without it, after `HOST_PID_WAIT`, the worker gives up.
     #[arg(long, env = "RIDESHARE_HOST_PID_FILE", conflicts_with = "reported_pid")]
     pub host_pid_file: Option<PathBuf>,
+    /// Read the pid to report from ZooKeeper (`/<namespace>/host-pids/<id>`), waiting for it to appear: the
+    /// orchestrator's Swarm runtime learns the task's container pid on its node once it runs, and cannot write
+    /// into a volume that may be on another node. As with the file, the worker registers nowhere before it.
+    #[arg(long, env = "RIDESHARE_HOST_PID_FROM_ZK", default_value_t = false,
+          action = clap::ArgAction::Set, conflicts_with_all = ["reported_pid", "host_pid_file"])]
+    pub host_pid_from_zk: bool,
     /// How long the master waits for a slave's acknowledgement before it gives up on that slave. Short enough
     /// that a dead slave stalls writes briefly, long enough that a busy slave on a loaded 2-core host (GC-free,
     /// but sharing the CPU with the broker) is not dropped by mistake.
@@ -158,6 +164,33 @@ async fn wait_for_host_pid(path: &std::path::Path) -> anyhow::Result<u32> {
     }
 }
 
+/// Reads the pid the orchestrator wrote to this worker's host-pid znode, waiting for it (on a watch, not by
+/// asking again) up to [`HOST_PID_WAIT`]. A session of its own, closed once read: the registration's session
+/// starts afterwards, with the pid it must carry.
+async fn wait_for_host_pid_znode(config: &Config) -> anyhow::Result<u32> {
+    let client = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_millis(config.zk_session_ms))
+        .connect(&config.zk)
+        .await
+        .context("connecting to ZooKeeper for the host pid")?;
+    let path = config.names().zk_host_pid(&config.id);
+    let deadline = tokio::time::Instant::now() + HOST_PID_WAIT;
+    loop {
+        let (stat, watcher) = client.check_and_watch_stat(&path).await?;
+        if stat.is_some() {
+            let (data, _) = client.get_data(&path).await?;
+            let text = String::from_utf8_lossy(&data);
+            return text
+                .trim()
+                .parse()
+                .with_context(|| format!("the host pid in {path} is not a number: {text:?}"));
+        }
+        tokio::time::timeout_at(deadline, watcher.changed())
+            .await
+            .map_err(|_| anyhow::anyhow!("no host pid in {path} after {HOST_PID_WAIT:?}"))?;
+    }
+}
+
 /// Runs the worker until `shutdown` resolves or a fatal error (lost ZooKeeper session, lost broker) happens.
 pub async fn run(
     mut config: Config,
@@ -165,6 +198,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     if let Some(path) = config.host_pid_file.take() {
         config.reported_pid = Some(wait_for_host_pid(&path).await?);
+    }
+    if config.host_pid_from_zk {
+        anyhow::ensure!(
+            protocol::names::is_valid_name(&config.id),
+            "worker id must be non-empty [A-Za-z0-9_-]"
+        );
+        config.reported_pid = Some(wait_for_host_pid_znode(&config).await?);
+        config.host_pid_from_zk = false;
     }
     anyhow::ensure!(
         protocol::names::is_valid_name(&config.id),
@@ -268,6 +309,7 @@ const BROKER_CHECK: Duration = Duration::from_millis(200);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[tokio::test]
     async fn the_host_pid_is_read_once_the_orchestrator_writes_it() {
@@ -291,5 +333,87 @@ mod tests {
         std::fs::write(&path, "pid one\n").unwrap();
         let e = wait_for_host_pid(&path).await.unwrap_err();
         assert!(format!("{e:#}").contains("not a number"), "{e:#}");
+    }
+
+    /// A worker told to read its host pid from ZooKeeper, in a namespace of its own on the ZooKeeper that
+    /// `scripts/test.sh` starts.
+    fn znode_config(namespace: &str) -> Config {
+        Config::try_parse_from([
+            "worker",
+            "--id",
+            "w-pid",
+            "--data-dir",
+            "/nonexistent",
+            "--role",
+            "slave",
+            "--namespace",
+            namespace,
+            "--host-pid-from-zk",
+            "true",
+        ])
+        .unwrap()
+    }
+
+    async fn zk_client(config: &Config) -> zookeeper_client::Client {
+        let client = zookeeper_client::Client::connect(&config.zk).await.unwrap();
+        let options = coord::persistent();
+        client
+            .mkdir(&config.names().zk_host_pids(), &options)
+            .await
+            .unwrap();
+        client
+    }
+
+    #[tokio::test]
+    async fn the_host_pid_znode_is_waited_for_and_read_once_the_orchestrator_writes_it() {
+        let namespace = format!("hostpid-{}", std::process::id());
+        let config = znode_config(&namespace);
+        let client = zk_client(&config).await;
+        let path = config.names().zk_host_pid(&config.id);
+        let reader = tokio::spawn({
+            let config = config.clone();
+            async move { wait_for_host_pid_znode(&config).await }
+        });
+        // Whether the reader already waits on its watch or looks only now, it reads the pid once written.
+        tokio::task::yield_now().await;
+        client
+            .create(&path, b"4711", &coord::persistent())
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap().unwrap(), 4711);
+        client.delete(&path, None).await.unwrap();
+        client
+            .create(&path, b"pid", &coord::persistent())
+            .await
+            .unwrap();
+        let e = wait_for_host_pid_znode(&config).await.unwrap_err();
+        assert!(format!("{e:#}").contains("not a number"), "{e:#}");
+        client.delete(&path, None).await.unwrap();
+        client
+            .delete(&config.names().zk_host_pids(), None)
+            .await
+            .unwrap();
+        client
+            .delete(&config.names().zk_root(), None)
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn the_pid_comes_from_one_place_only() {
+        let both = Config::try_parse_from([
+            "worker",
+            "--id",
+            "w",
+            "--data-dir",
+            "d",
+            "--role",
+            "slave",
+            "--host-pid-file",
+            "f",
+            "--host-pid-from-zk",
+            "true",
+        ]);
+        assert!(both.is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! A Compose project of the repository's `docker-compose.yml` for one test run: unique names, free ports, and
-//! everything removed when dropped.
+//! The whole system deployed for one test run, from the repository's `docker-compose.yml` (a Compose project) or
+//! its `docker-stack.yml` (a Swarm stack): unique names, free ports, and everything removed when dropped.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -20,8 +20,20 @@ const SERVICES: [&str; 6] = [
     "gateway",
 ];
 
+/// What deploys the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `docker-compose` (or `docker compose`) on `docker-compose.yml`: workers are containers of this engine.
+    Compose,
+    /// `docker stack deploy` on `docker-stack.yml`, on the swarm this engine manages: workers are Swarm
+    /// services.
+    Swarm,
+}
+
 pub struct Project {
-    /// The project name, which is also its network, its namespace and the prefix of its data volume.
+    engine: Engine,
+    /// The project's (or stack's) name, which is also its network, its namespace and the prefix of its data
+    /// volume.
     name: String,
     gateway_port: u16,
     orchestrator_port: u16,
@@ -32,9 +44,10 @@ pub struct Project {
 }
 
 impl Project {
-    pub fn new(scale_interval_secs: u64) -> Project {
+    pub fn new(engine: Engine, scale_interval_secs: u64) -> Project {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         Project {
+            engine,
             name: format!("rstest-{}", &suffix[..10]),
             gateway_port: free_port(),
             orchestrator_port: free_port(),
@@ -63,8 +76,22 @@ impl Project {
         cmd.arg("--project-name")
             .arg(&self.name)
             .arg("--file")
-            .arg(root.join("docker-compose.yml"))
-            .env("RIDESHARE_NETWORK", &self.name)
+            .arg(root.join("docker-compose.yml"));
+        self.with_env(&mut cmd);
+        cmd
+    }
+
+    /// `docker stack` with this project's names and ports in the environment (`deploy` interpolates them into
+    /// the file).
+    fn stack(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.current_dir(e2e::system::repo_root()).arg("stack");
+        self.with_env(&mut cmd);
+        cmd
+    }
+
+    fn with_env(&self, cmd: &mut std::process::Command) {
+        cmd.env("RIDESHARE_NETWORK", &self.name)
             .env("RIDESHARE_NAMESPACE", &self.name)
             .env("RIDESHARE_DATA_VOLUME", self.data_volume())
             .env("RIDESHARE_GATEWAY_PORT", self.gateway_port.to_string())
@@ -82,7 +109,28 @@ impl Project {
             // The scaling check asks for three slaves, whatever this host's processors (the default ceiling).
             .env("RIDESHARE_MAX_SLAVES", "4")
             .stdin(Stdio::null());
-        cmd
+    }
+
+    /// The name Swarm gives a service of the stack.
+    fn swarm_service(&self, service: &str) -> String {
+        format!("{}_{service}", self.name)
+    }
+
+    /// The label that picks the containers of one of the system's services.
+    fn service_filter(&self, service: &str) -> [String; 2] {
+        match self.engine {
+            Engine::Compose => [
+                format!("label=com.docker.compose.project={}", self.name),
+                format!("label=com.docker.compose.service={service}"),
+            ],
+            Engine::Swarm => [
+                format!("label=com.docker.stack.namespace={}", self.name),
+                format!(
+                    "label=com.docker.swarm.service.name={}",
+                    self.swarm_service(service)
+                ),
+            ],
+        }
     }
 
     fn data_volume(&self) -> String {
@@ -96,16 +144,64 @@ impl Project {
     }
 
     pub async fn up(&self) {
-        self.run_compose(&["up", "--detach"]).await;
+        match self.engine {
+            Engine::Compose => self.run_compose(&["up", "--detach"]).await,
+            Engine::Swarm => {
+                let mut cmd = self.stack();
+                // The images are this machine's: nothing to resolve in a registry.
+                cmd.args(["deploy", "--resolve-image", "never", "--compose-file"])
+                    .arg("docker-stack.yml")
+                    .arg(&self.name);
+                output_ok(cmd.into()).await;
+            }
+        }
     }
 
-    /// `down`, keeping the volumes unless `volumes`.
+    /// `down` (or `stack rm`, waiting until everything of the stack, its workers too, has gone), keeping the
+    /// volumes unless `volumes`.
     pub async fn down(&self, volumes: bool) {
-        let mut args = vec!["down", "--remove-orphans"];
-        if volumes {
-            args.push("--volumes");
+        match self.engine {
+            Engine::Compose => {
+                let mut args = vec!["down", "--remove-orphans"];
+                if volumes {
+                    args.push("--volumes");
+                }
+                self.run_compose(&args).await;
+            }
+            Engine::Swarm => {
+                // As scripts/swarm.sh does: `stack rm` cannot remove the network while the orchestrator's
+                // worker services are attached (and fails saying so); once the orchestrator has stopped them
+                // as it shuts down, nothing of the stack is left but the network, removed then.
+                let mut cmd = tokio::process::Command::from(self.stack());
+                let _ = cmd.args(["rm", &self.name]).output().await;
+                let stack = format!("label=com.docker.stack.namespace={}", self.name);
+                let workers = format!("label=org.rideshare.namespace={}", self.name);
+                let deadline = Instant::now() + HEALTHY_WITHIN;
+                loop {
+                    let left = docker_lenient(&["ps", "--all", "--quiet", "--filter", &stack])
+                        .await
+                        + &docker_lenient(&["service", "ls", "--quiet", "--filter", &workers])
+                            .await;
+                    if left.trim().is_empty() {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "`stack rm` left containers or worker services: {left}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                let _ = docker_lenient(&["network", "rm", &self.name]).await;
+                if volumes {
+                    for filter in [&stack, &workers] {
+                        let listed = docker(&["volume", "ls", "--quiet", "--filter", filter]).await;
+                        for volume in listed.split_whitespace() {
+                            docker(&["volume", "rm", volume]).await;
+                        }
+                    }
+                }
+            }
         }
-        self.run_compose(&args).await;
     }
 
     /// Waits until Docker reports every service healthy (each image's HEALTHCHECK) and the public API answers
@@ -131,44 +227,82 @@ impl Project {
         }
     }
 
-    /// (service, health) of each container of the project.
+    /// (service, health) of each running container of the project.
     async fn health_states(&self) -> Vec<(String, String)> {
-        let label = format!("label=com.docker.compose.project={}", self.name);
+        let (label, service_label) = match self.engine {
+            Engine::Compose => (
+                format!("label=com.docker.compose.project={}", self.name),
+                "com.docker.compose.service",
+            ),
+            Engine::Swarm => (
+                format!("label=com.docker.stack.namespace={}", self.name),
+                "com.docker.swarm.service.name",
+            ),
+        };
         let ids = docker(&["ps", "--quiet", "--filter", &label]).await;
         if ids.trim().is_empty() {
             return Vec::new();
         }
-        let mut args = vec![
-            "inspect",
-            "--format",
-            "{{index .Config.Labels \"com.docker.compose.service\"}} \
-             {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}",
-        ];
+        let format = format!(
+            "{{{{index .Config.Labels \"{service_label}\"}}}} \
+             {{{{if .State.Health}}}}{{{{.State.Health.Status}}}}{{{{else}}}}none{{{{end}}}}"
+        );
+        let mut args = vec!["inspect", "--format", &format];
         args.extend(ids.split_whitespace());
+        let prefix = format!("{}_", self.name);
         docker_lenient(&args)
             .await
             .lines()
             .filter_map(|line| line.trim().split_once(' '))
-            .map(|(service, health)| (service.to_owned(), health.to_owned()))
+            .map(|(service, health)| {
+                let service = service.strip_prefix(&prefix).unwrap_or(service);
+                (service.to_owned(), health.to_owned())
+            })
             .collect()
     }
 
-    async fn print_logs(&self) {
-        let mut logs = tokio::process::Command::from(self.compose());
-        if let Ok(out) = logs.args(["logs", "--tail", "40"]).output().await {
-            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    /// The log of one of the system's services (every task's, for a Swarm service), or of all of them.
+    async fn logs(&self, service: Option<&str>, tail: Option<usize>) -> String {
+        let tail = tail.map(|n| n.to_string());
+        match self.engine {
+            Engine::Compose => {
+                let mut cmd = tokio::process::Command::from(self.compose());
+                cmd.args(["logs", "--no-color"]);
+                if let Some(n) = &tail {
+                    cmd.args(["--tail", n]);
+                }
+                cmd.args(service);
+                let out = cmd.output().await.expect("docker-compose logs");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+            Engine::Swarm => {
+                let mut all = String::new();
+                let services: Vec<&str> = service.map_or(SERVICES.to_vec(), |s| vec![s]);
+                for s in services {
+                    let mut cmd = tokio::process::Command::new("docker");
+                    cmd.args(["service", "logs", "--raw"]);
+                    if let Some(n) = &tail {
+                        cmd.args(["--tail", n]);
+                    }
+                    cmd.arg(self.swarm_service(s)).stdin(Stdio::null());
+                    let out = cmd.output().await.expect("docker service logs");
+                    // A service's log is its containers' standard output and error, each on its own.
+                    all.push_str(&String::from_utf8_lossy(&out.stdout));
+                    all.push_str(&String::from_utf8_lossy(&out.stderr));
+                }
+                all
+            }
         }
+    }
+
+    async fn print_logs(&self) {
+        eprintln!("{}", self.logs(None, Some(40)).await);
     }
 
     /// How many lines of `service`'s log so far contain `text`.
     pub async fn log_lines(&self, service: &str, text: &str) -> usize {
-        let mut logs = tokio::process::Command::from(self.compose());
-        let out = logs
-            .args(["logs", "--no-color", service])
-            .output()
+        self.logs(Some(service), None)
             .await
-            .expect("docker-compose logs");
-        String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|line| line.contains(text))
             .count()
@@ -186,10 +320,9 @@ impl Project {
         }
     }
 
-    /// The host pid of a Compose service's container.
+    /// The host pid of a service's (running) container.
     pub async fn service_pid(&self, service: &str) -> u64 {
-        let project = format!("label=com.docker.compose.project={}", self.name);
-        let service = format!("label=com.docker.compose.service={service}");
+        let [project, service] = self.service_filter(service);
         let id = docker(&["ps", "--quiet", "--filter", &project, "--filter", &service]).await;
         let pid = docker(&["inspect", "--format", "{{.State.Pid}}", id.trim()]).await;
         pid.trim().parse().expect("a pid")
@@ -368,14 +501,56 @@ impl Drop for Project {
                 run("docker", &args);
             }
         }
-        let _ = self
-            .compose()
-            .args(["down", "--volumes", "--remove-orphans", "--timeout", "5"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let volume = self.data_volume();
-        run("docker", &["volume", "rm", "--force", &volume]);
+        match self.engine {
+            Engine::Compose => {
+                let _ = self
+                    .compose()
+                    .args(["down", "--volumes", "--remove-orphans", "--timeout", "5"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let volume = self.data_volume();
+                run("docker", &["volume", "rm", "--force", &volume]);
+            }
+            Engine::Swarm => {
+                // The workers' services first (the stack does not know them), then the stack; their
+                // containers take a moment to go, and hold the volumes until then.
+                if let Ok(out) = std::process::Command::new("docker")
+                    .args(["service", "ls", "--quiet", "--filter", &label])
+                    .output()
+                {
+                    let ids = String::from_utf8_lossy(&out.stdout).to_string();
+                    let mut args = vec!["service", "rm"];
+                    args.extend(ids.split_whitespace());
+                    if args.len() > 2 {
+                        run("docker", &args);
+                    }
+                }
+                run("docker", &["stack", "rm", &self.name]);
+                let stack = format!("label=com.docker.stack.namespace={}", self.name);
+                for _ in 0..120 {
+                    let left = std::process::Command::new("docker")
+                        .args(["ps", "--all", "--quiet", "--filter", &stack])
+                        .output()
+                        .map(|out| out.stdout)
+                        .unwrap_or_default();
+                    if left.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                for filter in [&stack, &label] {
+                    if let Ok(out) = std::process::Command::new("docker")
+                        .args(["volume", "ls", "--quiet", "--filter", filter])
+                        .output()
+                    {
+                        for volume in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                            run("docker", &["volume", "rm", "--force", volume]);
+                        }
+                    }
+                }
+            }
+        }
         run("docker", &["network", "rm", &self.name]);
     }
 }

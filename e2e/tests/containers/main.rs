@@ -1,5 +1,6 @@
-//! The whole system as Docker containers, from `docker-compose.yml`: the images, the Compose file, and the
-//! orchestrator's Docker worker runtime, tested together against real containers.
+//! The whole system as Docker containers, from `docker-compose.yml` and from `docker-stack.yml`: the images, the
+//! Compose file, the stack file, and the orchestrator's Docker and Swarm worker runtimes, tested together against
+//! real containers and services.
 //!
 //! Needs a Docker engine and the images (`scripts/docker-build.sh`); `scripts/test.sh` builds them and runs this
 //! when an engine is reachable. Each run is a Compose project of its own (its own name, network, volumes, ports
@@ -9,11 +10,12 @@
 //! Figures are printed (`--nocapture`), never asserted: time to healthy, failover and replacement times.
 
 mod compose;
+mod swarm;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use compose::Project;
+use compose::{Engine, Project};
 use reqwest::StatusCode;
 use serde_json::{json, Value as Json};
 
@@ -26,8 +28,22 @@ const WITHIN: Duration = Duration::from_secs(60);
 #[ignore = "needs Docker and the images: scripts/test.sh runs it after scripts/docker-build.sh"]
 async fn the_composed_system_serves_heals_fails_over_scales_and_keeps_its_data_across_down_and_up()
 {
+    the_system_serves_heals_fails_over_scales_and_keeps_its_data(Engine::Compose).await;
+}
+
+/// The same, as a Swarm stack on a one-node swarm (made and left by the test when the engine is in none):
+/// `docker stack deploy`, then `stack rm` and deploy again with the data kept.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Docker and the images: scripts/test.sh runs it after scripts/docker-build.sh"]
+async fn the_system_as_a_swarm_stack_serves_heals_fails_over_scales_and_keeps_its_data_across_rm_and_deploy(
+) {
+    let _swarm = swarm::Membership::join();
+    the_system_serves_heals_fails_over_scales_and_keeps_its_data(Engine::Swarm).await;
+}
+
+async fn the_system_serves_heals_fails_over_scales_and_keeps_its_data(engine: Engine) {
     // No scaling during the first part: the steps below count workers.
-    let mut p = Project::new(3600);
+    let mut p = Project::new(engine, 3600);
     let started = Instant::now();
     p.up().await;
     p.wait_healthy().await;

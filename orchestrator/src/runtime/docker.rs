@@ -137,10 +137,7 @@ impl DockerWorkers {
             anyhow::ensure!(!state.running, "container {name} is already running");
             self.remove(&name).await?;
         }
-        let role = match spec.role {
-            Role::Master => "master",
-            Role::Slave => "slave",
-        };
+        let role = role_name(spec.role);
         let pid_file = data_dir.join(HOST_PID_FILE);
         // In the environment rather than on the command line: the image's health check reads the broker and
         // ZooKeeper addresses from there too.
@@ -450,7 +447,16 @@ async fn wait_until_ended(docker: &Docker, container: &str) {
     }
 }
 
-fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+/// A worker's `--role` value.
+pub(super) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Master => "master",
+        Role::Slave => "slave",
+    }
+}
+
+/// The HTTP status of a Docker API error, when the engine answered one.
+pub(super) fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
