@@ -99,12 +99,17 @@ async fn the_system_serves_heals_fails_over_scales_and_keeps_its_data(engine: En
     // them.
     let workers = p.wait_for_workers_within(2, WITHIN).await;
     let orchestrator = p.service_pid("orchestrator").await;
+    let killed_at = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-KILL", &orchestrator.to_string()])
         .status()
         .expect("running kill");
     assert!(status.success());
     p.wait_healthy().await;
+    println!(
+        "figure: orchestrator SIGKILL to a new one healthy (restart policy, adoption): {:.1} s",
+        killed_at.elapsed().as_secs_f64()
+    );
     assert_ne!(
         p.service_pid("orchestrator").await,
         orchestrator,

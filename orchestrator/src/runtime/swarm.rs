@@ -31,9 +31,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, HealthConfig, Mount, MountType, NetworkAttachmentConfig,
-    NodeSpecAvailabilityEnum, NodeState, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    Task, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum, TaskState,
+    Node, NodeSpecAvailabilityEnum, NodeState, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     KillContainerOptions, ListContainersOptions, ListNodesOptions, ListTasksOptions,
@@ -686,6 +686,13 @@ async fn list_nodes(
         .list_nodes(None::<ListNodesOptions>)
         .await
         .context("listing the swarm's nodes")?;
+    Ok(worker_nodes(listed, label))
+}
+
+/// The nodes that may run workers: ready, availability `active` (not paused or drained), and carrying `label`
+/// when one is asked for; in the order hosts are offered, by host name then id, so that it does not change
+/// between listings. A node's processors are its NanoCPUs, at least one.
+fn worker_nodes(listed: Vec<Node>, label: Option<&(String, String)>) -> Vec<SwarmNode> {
     let mut nodes: Vec<SwarmNode> = listed
         .into_iter()
         .filter_map(|node| {
@@ -712,9 +719,8 @@ async fn list_nodes(
             })
         })
         .collect();
-    // The order hosts are offered in: by host name, then id, so that it does not change between listings.
     nodes.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
-    Ok(nodes)
+    nodes
 }
 
 async fn remove_service(docker: &Docker, service: &str) -> anyhow::Result<()> {
@@ -822,6 +828,74 @@ mod tests {
         }
         // Being shut down, but still running on its copy: no other worker may start on it yet.
         assert!(is_live(&task(TaskState::RUNNING, TaskState::SHUTDOWN, 7)));
+    }
+
+    fn node(
+        id: &str,
+        host: &str,
+        state: NodeState,
+        availability: NodeSpecAvailabilityEnum,
+        labels: &[(&str, &str)],
+        nano_cpus: i64,
+    ) -> Node {
+        use bollard::models::{NodeDescription, NodeSpec, NodeStatus, ResourceObject};
+        Node {
+            id: Some(id.into()),
+            spec: Some(NodeSpec {
+                availability: Some(availability),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: Some(state),
+                ..Default::default()
+            }),
+            description: Some(NodeDescription {
+                hostname: Some(host.into()),
+                resources: Some(ResourceObject {
+                    nano_cpus: Some(nano_cpus),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workers_go_to_ready_active_nodes_with_the_label_in_a_stable_order() {
+        use NodeSpecAvailabilityEnum::{ACTIVE, DRAIN, PAUSE};
+        let db = [("rideshare.db", "yes")];
+        let swarm = || {
+            vec![
+                node("n3", "c", NodeState::READY, ACTIVE, &db, 4_000_000_000),
+                node("n1", "a", NodeState::READY, ACTIVE, &db, 2_000_000_000),
+                node("n2", "b", NodeState::READY, ACTIVE, &[], 8_000_000_000),
+                node("n4", "d", NodeState::DOWN, ACTIVE, &db, 2_000_000_000),
+                node("n5", "e", NodeState::READY, DRAIN, &db, 2_000_000_000),
+                node("n6", "f", NodeState::READY, PAUSE, &db, 2_000_000_000),
+                node("n7", "g", NodeState::READY, ACTIVE, &db, 500_000_000),
+            ]
+        };
+        let ids = |nodes: Vec<SwarmNode>| nodes.into_iter().map(|n| n.id).collect::<Vec<_>>();
+        // Down, drained and paused nodes run no new worker; the order is by host name.
+        assert_eq!(ids(worker_nodes(swarm(), None)), ["n1", "n2", "n3", "n7"]);
+        // With a label, only the nodes that carry it, with that value.
+        let label = ("rideshare.db".to_owned(), "yes".to_owned());
+        assert_eq!(ids(worker_nodes(swarm(), Some(&label))), ["n1", "n3", "n7"]);
+        let other = ("rideshare.db".to_owned(), "no".to_owned());
+        assert!(worker_nodes(swarm(), Some(&other)).is_empty());
+        // Processors for the ceiling: whole CPUs, at least one.
+        let cpus: Vec<usize> = worker_nodes(swarm(), Some(&label))
+            .iter()
+            .map(|n| n.cpus)
+            .collect();
+        assert_eq!(cpus, [2, 4, 1]);
     }
 
     #[test]
