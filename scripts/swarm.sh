@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole system as a Docker Swarm stack (docker-stack.yml).
 #
-#   scripts/swarm.sh deploy [STACK]   makes this engine a one-node swarm if it is in none
+#   scripts/swarm.sh deploy [STACK]   installs what is missing (scripts/setup.sh), makes this engine a one-node
+#                                     swarm if it is in none
 #                                     (`docker swarm init --advertise-addr 127.0.0.1`), builds the images
 #                                     (scripts/docker-build.sh), deploys the stack (default name rideshare) and
 #                                     waits until the public API answers through the gateway
@@ -11,7 +12,7 @@
 #   scripts/swarm.sh leave            leaves the swarm (`docker swarm leave --force`), removing what runs in it
 #
 # Environment: that of docker-stack.yml (ports, namespace, network, scaling), and RIDESHARE_SKIP_BUILD=1 to use
-# the images as they are. On a swarm of several nodes, run it on a manager, with the images on every node.
+# the images as they are (and install nothing). On a swarm of several nodes, run it on a manager, with the images on every node.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,11 +27,15 @@ die() {
     exit 1
 }
 
-command -v docker >/dev/null 2>&1 || die "no docker command: install Docker (docker.io) first"
-docker info >/dev/null 2>&1 || die "no Docker engine answers"
-
 action=${1:-}
 stack=${2:-rideshare}
+
+# What a fresh machine lacks (Docker's engine among it, and what the images' build needs), installed first.
+if [[ $action == deploy && ${RIDESHARE_SKIP_BUILD:-} != 1 ]]; then
+    scripts/setup.sh
+fi
+command -v docker >/dev/null 2>&1 || die "no docker command: run scripts/setup.sh (it installs docker.io)"
+docker info >/dev/null 2>&1 || die "no Docker engine answers"
 
 swarm_state() {
     docker info --format '{{.Swarm.LocalNodeState}}'
@@ -72,6 +77,7 @@ rm)
     for _ in $(seq 1 120); do
         left=$(docker ps --all --quiet --filter "label=com.docker.stack.namespace=$stack")
         left+=$(docker service ls --quiet --filter "label=org.rideshare.namespace=$namespace")
+        left+=$(docker ps --all --quiet --filter "label=org.rideshare.namespace=$namespace")
         if [[ -z $left ]]; then
             if docker network inspect "$network" >/dev/null 2>&1; then
                 docker network rm "$network" >/dev/null
@@ -87,7 +93,7 @@ leave)
     docker swarm leave --force
     ;;
 *)
-    sed -n '2,15p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
     ;;
 esac

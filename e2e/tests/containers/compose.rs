@@ -81,11 +81,13 @@ impl Project {
         cmd
     }
 
-    /// `docker stack` with this project's names and ports in the environment (`deploy` interpolates them into
-    /// the file).
-    fn stack(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new("docker");
-        cmd.current_dir(e2e::system::repo_root()).arg("stack");
+    /// `scripts/swarm.sh ACTION <name>` with this project's names and ports in the environment (`docker stack
+    /// deploy` interpolates them into the file), on the images as they are.
+    fn swarm_sh(&self, action: &str) -> std::process::Command {
+        let root = e2e::system::repo_root();
+        let mut cmd = std::process::Command::new(root.join("scripts/swarm.sh"));
+        cmd.args([action, &self.name])
+            .env("RIDESHARE_SKIP_BUILD", "1");
         self.with_env(&mut cmd);
         cmd
     }
@@ -146,13 +148,9 @@ impl Project {
     pub async fn up(&self) {
         match self.engine {
             Engine::Compose => self.run_compose(&["up", "--detach"]).await,
+            // The repository's own command, with the images scripts/test.sh has just built.
             Engine::Swarm => {
-                let mut cmd = self.stack();
-                // The images are this machine's: nothing to resolve in a registry.
-                cmd.args(["deploy", "--resolve-image", "never", "--compose-file"])
-                    .arg("docker-stack.yml")
-                    .arg(&self.name);
-                output_ok(cmd.into()).await;
+                output_ok(self.swarm_sh("deploy").into()).await;
             }
         }
     }
@@ -169,29 +167,11 @@ impl Project {
                 self.run_compose(&args).await;
             }
             Engine::Swarm => {
-                // As scripts/swarm.sh does: `stack rm` cannot remove the network while the orchestrator's
-                // worker services are attached (and fails saying so); once the orchestrator has stopped them
-                // as it shuts down, nothing of the stack is left but the network, removed then.
-                let mut cmd = tokio::process::Command::from(self.stack());
-                let _ = cmd.args(["rm", &self.name]).output().await;
+                // The repository's own command: it waits until the orchestrator has stopped its workers and
+                // removes the network, which `stack rm` cannot while they are attached.
+                output_ok(self.swarm_sh("rm").into()).await;
                 let stack = format!("label=com.docker.stack.namespace={}", self.name);
                 let workers = format!("label=org.rideshare.namespace={}", self.name);
-                let deadline = Instant::now() + HEALTHY_WITHIN;
-                loop {
-                    let left = docker_lenient(&["ps", "--all", "--quiet", "--filter", &stack])
-                        .await
-                        + &docker_lenient(&["service", "ls", "--quiet", "--filter", &workers])
-                            .await;
-                    if left.trim().is_empty() {
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "`stack rm` left containers or worker services: {left}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                let _ = docker_lenient(&["network", "rm", &self.name]).await;
                 if volumes {
                     for filter in [&stack, &workers] {
                         let listed = docker(&["volume", "ls", "--quiet", "--filter", filter]).await;
