@@ -249,6 +249,29 @@ async fn the_swarm_runtime_places_kills_replaces_adopts_and_scales_its_workers()
     assert!(!wait_for_containers(&c, 2).await.contains(&killed));
     c.wait_for_in_sync(1).await;
 
+    // A worker's service removed by hand is a worker gone: its end is seen, and a new slave takes its place.
+    let before: BTreeSet<u32> = wait_for_containers(&c, 2).await.into_iter().collect();
+    let slave = c.slave_ids().pop().expect("a slave in sync");
+    docker(&["service", "rm", &format!("{ns}-worker-{slave}")]);
+    let deadline = tokio::time::Instant::now() + e2e::SETTLE;
+    loop {
+        let now: BTreeSet<u32> = wait_for_containers(&c, 2).await.into_iter().collect();
+        if now != before {
+            assert_eq!(
+                now.intersection(&before).count(),
+                1,
+                "only the slave replaced"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slave whose service was removed was never replaced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    c.wait_for_in_sync(1).await;
+
     // Scaling up starts services, scaling down retires them (their services go too).
     c.set_target_slaves(2).await;
     wait_for_containers(&c, 3).await;

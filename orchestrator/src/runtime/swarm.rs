@@ -168,6 +168,7 @@ impl SwarmWorkers {
         let workers: Arc<Mutex<HashMap<String, Handle>>> = Arc::default();
         let poller = AbortOnDropHandle::new(tokio::spawn(poll(
             docker.clone(),
+            settings.namespace.clone(),
             settings.node_label.clone(),
             nodes.clone(),
             workers.clone(),
@@ -609,15 +610,17 @@ fn is_live(task: &Task) -> bool {
     ended(task).is_none()
 }
 
-/// Lists the watched workers' tasks every [`POLL`], and reports each worker whose task has ended (or is gone
+/// Lists the workers' tasks every [`POLL`], and reports each watched worker whose task has ended (or is gone
 /// with its service) once: its service is removed, it leaves the map, its exit is sent. Refreshes the nodes.
 async fn poll(
     docker: Docker,
+    namespace: String,
     node_label: Option<(String, String)>,
     nodes: Arc<Mutex<Vec<SwarmNode>>>,
     workers: Arc<Mutex<HashMap<String, Handle>>>,
     exits: mpsc::UnboundedSender<Exited>,
 ) {
+    let prefix = service_name(&namespace, "");
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
@@ -639,8 +642,7 @@ async fn poll(
         if watched.is_empty() {
             continue;
         }
-        let services: Vec<String> = watched.iter().map(|(_, h)| h.service.clone()).collect();
-        let tasks = match list_tasks(&docker, &services).await {
+        let tasks = match list_worker_tasks(&docker, &prefix).await {
             Ok(tasks) => tasks,
             // The daemon restarting: an end must never be reported for a task that runs, so ask again.
             Err(e) => {
@@ -666,6 +668,22 @@ async fn poll(
             });
         }
     }
+}
+
+/// The tasks of every worker service of the namespace, by name prefix (`<namespace>-worker-`): unlike a filter
+/// by service, which the engine refuses whole when one of the services no longer exists, a prefix simply finds
+/// no task for a service that was removed (by the runtime on another node, or by hand), and so its end is seen.
+async fn list_worker_tasks(docker: &Docker, prefix: &str) -> anyhow::Result<Vec<Task>> {
+    let options = ListTasksOptions {
+        filters: Some(HashMap::from([(
+            "name".to_owned(),
+            vec![prefix.to_owned()],
+        )])),
+    };
+    docker
+        .list_tasks(Some(options))
+        .await
+        .context("listing the workers' tasks")
 }
 
 async fn list_tasks(docker: &Docker, services: &[String]) -> anyhow::Result<Vec<Task>> {
