@@ -196,21 +196,18 @@ pub async fn run(
     mut config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    if let Some(path) = config.host_pid_file.take() {
-        config.reported_pid = Some(wait_for_host_pid(&path).await?);
-    }
-    if config.host_pid_from_zk {
-        anyhow::ensure!(
-            protocol::names::is_valid_name(&config.id),
-            "worker id must be non-empty [A-Za-z0-9_-]"
-        );
-        config.reported_pid = Some(wait_for_host_pid_znode(&config).await?);
-        config.host_pid_from_zk = false;
-    }
+    // Before anything else: the id names the host-pid znode read next.
     anyhow::ensure!(
         protocol::names::is_valid_name(&config.id),
         "worker id must be non-empty [A-Za-z0-9_-]"
     );
+    if let Some(path) = config.host_pid_file.take() {
+        config.reported_pid = Some(wait_for_host_pid(&path).await?);
+    }
+    if config.host_pid_from_zk {
+        config.reported_pid = Some(wait_for_host_pid_znode(&config).await?);
+        config.host_pid_from_zk = false;
+    }
     let names = config.names();
     let zk = coord::Coord::connect(&config, names.clone())
         .await

@@ -22,7 +22,7 @@
 //! which Swarm carries out with SIGTERM, then SIGKILL after the service's stop grace period. A volume is
 //! removed through the engine of its node: only copies on the orchestrator's node are deleted, one on another
 //! node stays in the registry (and is named in a warning) until it is removed there. Task ends are seen by
-//! listing the services' tasks every [`POLL`]: Swarm sends no event for a task.
+//! listing the namespace's worker tasks every [`POLL`]: Swarm sends no event for a task.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -193,16 +193,14 @@ impl SwarmWorkers {
         volume_name(&self.settings.namespace, id)
     }
 
-    /// The service's tasks, newest first; none when the service does not exist.
-    async fn tasks_of(&self, service: &str) -> anyhow::Result<Vec<Task>> {
+    /// The service's tasks; `None` when there is no such service (asked first, since the engine refuses a task
+    /// list filtered by a service that does not exist).
+    async fn tasks_of(&self, service: &str) -> anyhow::Result<Option<Vec<Task>>> {
         match self.docker.inspect_service(service, None).await {
-            Ok(_) => {}
-            Err(e) if status_of(&e) == Some(404) => return Ok(Vec::new()),
-            Err(e) => return Err(e).with_context(|| format!("inspecting service {service}")),
+            Ok(_) => list_tasks(&self.docker, service).await.map(Some),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("inspecting service {service}")),
         }
-        let mut tasks = list_tasks(&self.docker, &[service.to_owned()]).await?;
-        tasks.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        Ok(tasks)
     }
 
     async fn remove_service(&self, service: &str) -> anyhow::Result<()> {
@@ -223,12 +221,11 @@ impl SwarmWorkers {
         let service = self.service_name(&spec.id);
         // An ended service of an earlier run may still hold the name (its orchestrator died before removing
         // it). The supervisor never starts a worker whose id runs anywhere, so one that runs is a bug to report.
-        let tasks = self.tasks_of(&service).await?;
-        anyhow::ensure!(
-            !tasks.iter().any(is_live),
-            "service {service} already runs a task"
-        );
-        if self.docker.inspect_service(&service, None).await.is_ok() {
+        if let Some(tasks) = self.tasks_of(&service).await? {
+            anyhow::ensure!(
+                !tasks.iter().any(is_live),
+                "service {service} already runs a task"
+            );
             self.remove_service(&service).await?;
         }
         // A pid left by an earlier start must not be read by this one.
@@ -340,7 +337,7 @@ impl SwarmWorkers {
     async fn wait_running(&self, service: &str) -> anyhow::Result<Running> {
         let deadline = tokio::time::Instant::now() + START_WAIT;
         loop {
-            let tasks = list_tasks(&self.docker, &[service.to_owned()]).await?;
+            let tasks = list_tasks(&self.docker, service).await?;
             for task in &tasks {
                 if let Some(running) = running(task) {
                     return Ok(running);
@@ -443,6 +440,7 @@ impl SwarmWorkers {
         let found = self
             .tasks_of(&service)
             .await?
+            .unwrap_or_default()
             .iter()
             .filter_map(running)
             .find(|r| r.pid == pid);
@@ -550,7 +548,8 @@ impl WorkerRuntime for SwarmWorkers {
     fn is_running_anywhere<'a>(&'a self, id: &'a str) -> BoxFuture<'a, anyhow::Result<bool>> {
         Box::pin(async move {
             let service = self.service_name(id);
-            if self.tasks_of(&service).await?.iter().any(is_live) {
+            let tasks = self.tasks_of(&service).await?.unwrap_or_default();
+            if tasks.iter().any(is_live) {
                 return Ok(true);
             }
             // A removed service's tasks are no longer listed, but its container may still be stopping: on this
@@ -686,9 +685,13 @@ async fn list_worker_tasks(docker: &Docker, prefix: &str) -> anyhow::Result<Vec<
         .context("listing the workers' tasks")
 }
 
-async fn list_tasks(docker: &Docker, services: &[String]) -> anyhow::Result<Vec<Task>> {
+/// The tasks of one existing service.
+async fn list_tasks(docker: &Docker, service: &str) -> anyhow::Result<Vec<Task>> {
     let options = ListTasksOptions {
-        filters: Some(HashMap::from([("service".to_owned(), services.to_vec())])),
+        filters: Some(HashMap::from([(
+            "service".to_owned(),
+            vec![service.to_owned()],
+        )])),
     };
     docker
         .list_tasks(Some(options))
