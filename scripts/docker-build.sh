@@ -100,6 +100,7 @@ prepare() {
     case $name in
     gateway)
         cp -p "$root/gateway/nginx.conf.template" "$root/scripts/gateway.sh" "$ctx/"
+        cp -pr "$root/gateway/www" "$ctx/"
         ;;
     esac
 }

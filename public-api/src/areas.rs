@@ -17,6 +17,16 @@ pub struct Areas {
     names: Vec<String>,
 }
 
+/// One area of the list, as the public API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AreaName {
+    /// What the rides routes take as `source` and `destination`: 1 to 198.
+    #[schema(example = 6)]
+    pub number: u16,
+    #[schema(example = "Thanisandra")]
+    pub name: String,
+}
+
 /// The area list as the repository holds it, compiled in.
 pub const BUILTIN_CSV: &str = include_str!("../data/AreaNameEnum.csv");
 
@@ -70,6 +80,18 @@ impl Areas {
         &self.names[usize::from(area.number()) - 1]
     }
 
+    /// Every area with its name, by number: what `GET /api/v1/areas` answers.
+    pub fn entries(&self) -> Vec<AreaName> {
+        self.names
+            .iter()
+            .zip(1u16..)
+            .map(|(name, number)| AreaName {
+                number,
+                name: name.clone(),
+            })
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -98,6 +120,15 @@ mod tests {
         assert_eq!(areas.name(Area::new(1).unwrap()), "Kempegowda Ward");
         assert_eq!(areas.name(Area::new(198).unwrap()), "Hemmigepura");
         assert_eq!(Areas::builtin().names, areas.names);
+        let entries = areas.entries();
+        assert_eq!(entries.len(), 198);
+        assert_eq!(
+            entries[197],
+            AreaName {
+                number: 198,
+                name: "Hemmigepura".to_owned()
+            }
+        );
     }
 
     #[test]

@@ -73,7 +73,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         }
         serde_json::from_slice(&kept)
             .map(JsonBody)
-            .map_err(|e| BadRequest(format!("invalid JSON body: {e}")))
+            .map_err(|e| BadRequest(body_error(&e)))
+    }
+}
+
+/// What a client is told about a body that is not the JSON a route takes. A body that is not JSON at all is
+/// pointed at by line and column; a JSON body with a wrong field or value is told what is wrong with it in the
+/// value type's own words ("username must not be empty"), without a position, which would only say where in
+/// the client's own serialisation the field happened to be.
+fn body_error(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            let text = e.to_string();
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            text.strip_suffix(&position).unwrap_or(&text).to_owned()
+        }
+        _ => format!("invalid JSON body: {e}"),
     }
 }
 
@@ -197,6 +212,22 @@ mod tests {
         }
         let (status, _) = call("/body", b"{\"name\": \"\xff\"}".to_vec()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "invalid UTF-8");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_value_is_explained_in_its_own_words_and_broken_json_by_its_position() {
+        let (_, text) = call("/body", r#"{"name": 1}"#).await;
+        assert_eq!(
+            error_of(&text),
+            "invalid type: integer `1`, expected a string"
+        );
+        let (_, text) = call("/body", r#"{"name": "x", "extra": 1}"#).await;
+        assert_eq!(error_of(&text), "unknown field `extra`, expected `name`");
+        let (_, text) = call("/body", r#"{"name": "x""#).await;
+        assert_eq!(
+            error_of(&text),
+            "invalid JSON body: EOF while parsing an object at line 1 column 12"
+        );
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use std::future::Future;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-pub use areas::Areas;
+pub use areas::{AreaName, Areas};
 pub use counter::RequestCounter;
 pub use db::{Db, DbConfig, DbError};
 pub use extract::{BadRequest, JsonBody, PathParam, QueryParams};

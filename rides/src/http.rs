@@ -7,8 +7,10 @@
 //! Checks run cheapest first: the request's own values, then the database, then the users service, so a
 //! request that is wrong on its face costs no call to another service.
 
+use std::sync::Arc;
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -17,6 +19,7 @@ use public_api::counter::count_request;
 use public_api::{
     Area, Db, Empty, JsonBody, PathParam, QueryParams, RequestCounter, Timestamp, Username,
 };
+use public_api::{AreaName, Areas};
 use serde::{Deserialize, Serialize};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -28,6 +31,8 @@ use crate::users_client::UsersClient;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// `GET /api/v1/areas`'s answer, encoded once: the list does not change while the service runs.
+    pub areas: Arc<[u8]>,
     pub counter: RequestCounter,
     pub users: UsersClient,
 }
@@ -52,6 +57,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/db/clear", post(clear))
         .route("/api/v1/_count", get(count).delete(reset_count))
         .route("/metrics", get(telemetry::metrics::render))
+        // Reference data for clients (the rider page's area picker), not a use of the rides API: not counted,
+        // like the API documents.
+        .route("/api/v1/areas", get(areas))
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", crate::openapi()))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(api)
@@ -253,6 +261,28 @@ async fn ride_count(State(state): State<AppState>) -> Result<Json<[u64; 1]>, Err
     Ok(Json([db::count(&state.db).await?]))
 }
 
+impl AppState {
+    /// `areas` encoded as `GET /api/v1/areas` answers it.
+    pub fn encode_areas(areas: &Areas) -> Arc<[u8]> {
+        serde_json::to_vec(&areas.entries())
+            .expect("a list of numbers and strings encodes")
+            .into()
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/areas", tag = "rides",
+    responses(
+        (status = 200, description = "the 198 areas with their names, by number (not counted)",
+            body = [AreaName]),
+    ))]
+async fn areas(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::copy_from_slice(&state.areas),
+    )
+        .into_response()
+}
+
 async fn clear(State(state): State<AppState>) -> Result<Json<Empty>, Error> {
     db::delete_all(&state.db).await?;
     Ok(Json(Empty {}))
@@ -312,6 +342,7 @@ mod tests {
             UsersClient::new("http://127.0.0.1:9", "http://rides", Duration::from_secs(1)).unwrap();
         let router = router(AppState {
             db,
+            areas: AppState::encode_areas(&Areas::builtin()),
             counter: counter.clone(),
             users,
         });
@@ -402,6 +433,29 @@ mod tests {
         send(&app, Method::GET, "/api/v1/_count", "").await;
         send(&app, Method::POST, "/api/v1/db/clear", "").await;
         assert_eq!(counter.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_areas_are_listed_by_number_with_their_names_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, counter) = app(&dir);
+        let (status, headers, text) = send(&app, Method::GET, "/api/v1/areas", "").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        let areas: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(areas.len(), 198);
+        assert_eq!(
+            areas[0],
+            serde_json::json!({"number": 1, "name": "Kempegowda Ward"})
+        );
+        assert_eq!(
+            areas[197],
+            serde_json::json!({"number": 198, "name": "Hemmigepura"})
+        );
+        let (status, headers, _) = send(&app, Method::POST, "/api/v1/areas", "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers[header::ALLOW], "GET,HEAD");
+        assert_eq!(counter.get(), 0);
     }
 
     #[tokio::test]

@@ -60,6 +60,11 @@ pub async fn run(
         () = shutdown.clone() => return Ok(()),
     }
     let flusher = counter.spawn_flusher(config.count_flush());
-    let router = router(AppState { db, counter, users });
+    let router = router(AppState {
+        db,
+        areas: AppState::encode_areas(&areas),
+        counter,
+        users,
+    });
     public_api::serve("rides", listener, router, flusher, shutdown).await
 }

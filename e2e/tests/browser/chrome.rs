@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use e2e::SETTLE;
@@ -28,7 +29,11 @@ pub struct Browser {
     /// Killed on drop, with the Chromium it started.
     _driver: Child,
     shots: PathBuf,
+    /// Which browser of this test binary it is, for the name of its failure screenshot.
+    number: usize,
 }
+
+static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Where the screenshots go: `browser-screenshots/` in the target directory this test binary was built in
 /// (`<target>/<profile>/deps/<test binary>`), so they stay inside the repository's build output.
@@ -50,6 +55,12 @@ impl Browser {
     /// Starts chromedriver and opens a headless Chromium session; panics, saying what to install, when either
     /// is missing.
     pub async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// As [`Browser::start`], with `env` set for chromedriver and so for the Chromium it starts (`TZ`: the
+    /// browser's time zone).
+    pub async fn start_with(env: &[(&str, &str)]) -> Browser {
         let shots = screenshot_dir();
         std::fs::create_dir_all(&shots).expect("creating the screenshot folder");
         let port = free_port();
@@ -62,6 +73,7 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
         {
@@ -85,6 +97,8 @@ impl Browser {
                     "--disable-gpu",
                     "--hide-scrollbars",
                     "--force-device-scale-factor=1",
+                    // The date and time inputs take what is typed in the order of this locale (mm/dd/yyyy).
+                    "--lang=en-US",
                     format!("--window-size={},{}", WIDE.0, WIDE.1),
                 ]
             }),
@@ -123,6 +137,7 @@ impl Browser {
             client,
             _driver: driver,
             shots,
+            number: STARTED.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -134,8 +149,8 @@ impl Browser {
         self.client.goto(url).await.expect("opening the page");
     }
 
-    /// Waits until an element matches `css`, for at most [`SETTLE`]; on timeout saves `console-failed.png` and
-    /// panics with `what` and the page's text.
+    /// Waits until an element matches `css`, for at most [`SETTLE`]; on timeout fails (see [`Browser::fail`])
+    /// with `what`.
     pub async fn wait_for(&self, css: &str, what: &str) -> Element {
         match self
             .client
@@ -147,16 +162,51 @@ impl Browser {
         {
             Ok(element) => element,
             Err(e) => {
-                self.screenshot("console-failed").await;
-                let text = match self.client.find(Locator::Css("main")).await {
-                    Ok(main) => main.text().await.unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
-                panic!(
-                    "waited {SETTLE:?} for {what} ({css}): {e}; the page showed:\n{text}\n(screenshot: {})",
-                    self.shots.join("console-failed.png").display()
-                );
+                self.fail(&format!("waited {SETTLE:?} for {what} ({css}): {e}"))
+                    .await
             }
+        }
+    }
+
+    /// Saves `failed-<n>.png` (n: this browser's number in the test binary) and panics with `why` and the
+    /// page's text.
+    pub async fn fail(&self, why: &str) -> ! {
+        let shot = self.screenshot(&format!("failed-{}", self.number)).await;
+        let text = match self.client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        panic!(
+            "{why}; the page showed:\n{text}\n(screenshot: {})",
+            shot.display()
+        );
+    }
+
+    /// Waits until the element matching `css` is displayed and its text contains `expected`, for at most
+    /// [`SETTLE`]; returns the whole text.
+    pub async fn wait_for_text(&self, css: &str, expected: &str) -> String {
+        let deadline = Instant::now() + SETTLE;
+        let mut last = String::from("(no such element)");
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                let shown = element.is_displayed().await.unwrap_or(false);
+                let text = element.text().await.unwrap_or_default();
+                if shown && text.contains(expected) {
+                    return text;
+                }
+                last = if shown {
+                    format!("{text:?}")
+                } else {
+                    "(hidden)".to_owned()
+                };
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "waited {SETTLE:?} for {css} to show {expected:?}; it showed {last}"
+                ))
+                .await
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 

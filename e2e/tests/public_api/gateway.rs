@@ -23,11 +23,73 @@ async fn users_paths_go_to_the_users_service_and_everything_else_to_rides() {
         "/api/v1/users/",
         "/api/v1/users/a/b",
         "/api/v2/users",
-        "/",
+        "/rider.txt",
+        "/www/index.html",
     ] {
         assert_error(&s.get(path).await, StatusCode::NOT_FOUND, path);
     }
     assert_eq!((s.users_count().await, s.rides_count().await), (2, 2));
+    s.stop().await;
+}
+
+/// The rider page's three files come from the gateway itself, with their types and the headers a page needs;
+/// no service sees the requests (no counter moves), and they take GET and HEAD only.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_serves_the_rider_page_itself_at_the_root() {
+    let s = System::start().await;
+    let http = reqwest::Client::new();
+    for (path, content_type, holds) in [
+        ("/", "text/html; charset=utf-8", "<title>RideShare"),
+        (
+            "/index.html",
+            "text/html; charset=utf-8",
+            "<title>RideShare",
+        ),
+        (
+            "/rider.js",
+            "text/javascript; charset=utf-8",
+            "/api/v1/areas",
+        ),
+        ("/rider.css", "text/css; charset=utf-8", ".combo"),
+    ] {
+        let response = http
+            .get(format!("{}{path}", s.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], content_type, "{path}");
+        assert!(headers.contains_key("x-request-id"), "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .starts_with("default-src 'self'"),
+            "{path}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(body.contains(holds), "{path}: {body:.200}");
+    }
+    let head = http.head(&s.gateway).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    for method in [Method::POST, Method::PUT, Method::DELETE] {
+        let response = http
+            .request(method.clone(), format!("{}/", s.gateway))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} /"
+        );
+        assert_eq!(response.headers()["allow"], "GET, HEAD", "{method} /");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{method} /: {body}");
+    }
+    assert_eq!((s.users_count().await, s.rides_count().await), (0, 0));
     s.stop().await;
 }
 
