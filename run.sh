@@ -181,6 +181,7 @@ echo >&2
 echo "RideShare is running; Ctrl-C stops it." >&2
 printf '%s\n' "${SUMMARY[@]}" >&2
 printf '  %-13s %s\n' rabbitmq amqp://127.0.0.1:5672 zookeeper 127.0.0.1:2181 >&2
+printf '  %-13s %s\n' "rider page" "http://$GATEWAY_LISTEN/ (open it in a browser)" >&2
 if [[ -n ${RIDESHARE_SCALE_INTERVAL_SECS:-} ]]; then
     echo "  scaling interval: ${RIDESHARE_SCALE_INTERVAL_SECS}s" >&2
 fi

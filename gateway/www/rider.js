@@ -383,6 +383,7 @@
     if (name) localStorage.setItem(ME_KEY, name);
     else localStorage.removeItem(ME_KEY);
     $("account").hidden = name === "";
+    $("signup-box").open = name === "";
     $("delete-account-confirm").hidden = true;
     clear($("account-error"));
     renderRide();

@@ -91,6 +91,10 @@ impl Rider {
     }
 
     async fn sign_up(&self, username: &str, password: &str) {
+        // The form is folded away while a rider is chosen.
+        if !self.displayed("#signup-username").await {
+            self.click("#signup-box summary").await;
+        }
         self.type_into("#signup-username", username).await;
         self.type_into("#signup-password", password).await;
         self.click("#signup-submit").await;
@@ -321,6 +325,10 @@ async fn two_riders_share_a_ride_from_sign_up_to_seeing_each_other_in_its_detail
         .await;
     assert_eq!(bilal.riders().await, ["bilal (you)"]);
     assert!(!bilal.displayed("#join").await, "joined already");
+    bilal
+        .browser
+        .eval(r#"document.getElementById("details-ok").scrollIntoView({block: "end"});"#)
+        .await;
     bilal.browser.screenshot("rider-joined-phone").await;
 
     // Asha sees Bilal among the riders.
@@ -495,6 +503,10 @@ async fn every_error_the_api_answers_is_shown_next_to_what_caused_it() {
         &format!("Could not join ride #{third}: it no longer exists"),
     )
     .await;
+    page.click("#details-refresh").await;
+    page.shows("#details-error", &format!("Ride #{third} no longer exists"))
+        .await;
+    assert!(!page.displayed("#join").await, "nothing left to join");
     let fourth = s.create_ride("asha", &tomorrow, 6, 3).await;
     page.click("#search-submit").await;
     page.open_ride(fourth).await;

@@ -250,6 +250,18 @@ async fn public_api(p: &Project) -> i64 {
     let (status, body) = p.gateway(Method::GET, "/api/v1/rides/count", None).await;
     assert_eq!((status, body), (StatusCode::OK, json!([1])));
 
+    // The rider page, from the gateway's image, and the areas it names (neither is counted).
+    let (status, page) = p.gateway(Method::GET, "/", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.as_str()
+            .is_some_and(|html| html.contains("<title>RideShare")),
+        "the rider page: {page:.200}"
+    );
+    let (status, areas) = p.gateway(Method::GET, "/api/v1/areas", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(areas.as_array().map(Vec::len), Some(198), "{areas:.200}");
+
     // Users: 2 registrations, 1 list, and 3 existence checks by rides (2 creations, 1 join). Rides: 2 creations,
     // 1 list, 1 join, 2 details, 1 delete, 1 count.
     let count = |base: String| async move {
