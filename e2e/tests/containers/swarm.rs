@@ -117,32 +117,31 @@ fn container_pids(namespace: &str) -> Vec<u32> {
     pids
 }
 
-/// The namespace's worker services, each with its placement constraint and its volume.
+/// The namespace's worker services, each with its placement constraint and its volume. A service removed
+/// between the listing and its inspection (a retiring slave's) is left out.
 fn services(namespace: &str) -> Vec<(String, String, String)> {
     let label = format!("label=org.rideshare.namespace={namespace}");
     let names = docker(&["service", "ls", "--format", "{{.Name}}", "--filter", &label]);
     names
         .split_whitespace()
-        .map(|name| {
-            let constraint = docker(&[
-                "service",
-                "inspect",
-                "--format",
-                "{{join .Spec.TaskTemplate.Placement.Constraints \",\"}}",
-                name,
-            ]);
-            let volume = docker(&[
-                "service",
-                "inspect",
-                "--format",
-                "{{range .Spec.TaskTemplate.ContainerSpec.Mounts}}{{.Source}}{{end}}",
-                name,
-            ]);
-            (
-                name.to_owned(),
-                constraint.trim().to_owned(),
-                volume.trim().to_owned(),
-            )
+        .filter_map(|name| {
+            let format = "{{join .Spec.TaskTemplate.Placement.Constraints \",\"}}|\
+                          {{range .Spec.TaskTemplate.ContainerSpec.Mounts}}{{.Source}}{{end}}";
+            let out = Command::new("docker")
+                .args(["service", "inspect", "--format", format, name])
+                .output()
+                .expect("running docker");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() && stderr.contains("no such service") {
+                return None;
+            }
+            assert!(
+                out.status.success(),
+                "docker service inspect {name}: {stderr}"
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let (constraint, volume) = stdout.trim().split_once('|').expect("constraint|volume");
+            Some((name.to_owned(), constraint.to_owned(), volume.to_owned()))
         })
         .collect()
 }
