@@ -623,9 +623,10 @@
 
   // --- wiring --------------------------------------------------------------------------------------------------
 
-  function confirmStep(button, box, question, no, text) {
+  /** `button` asks `text()` in `box` (its question paragraph) before anything is deleted; `no` withdraws. */
+  function confirmStep(button, box, no, text) {
     button.addEventListener("click", () => {
-      question().textContent = text();
+      box.querySelector("p").textContent = text();
       box.hidden = false;
       box.querySelector("button.danger").focus();
     });
@@ -646,11 +647,10 @@
     $("create").addEventListener("submit", create);
     $("join").addEventListener("click", join);
     $("details-refresh").addEventListener("click", () => openRide(state.ride.rideId));
-    confirmStep($("delete-account"), $("delete-account-confirm"), () => $("delete-account-question"),
-      $("delete-account-no"),
+    confirmStep($("delete-account"), $("delete-account-confirm"), $("delete-account-no"),
       () => `Delete the account “${state.me}”? The rides it offered are deleted too, and it leaves the rides it joined.`);
     $("delete-account-yes").addEventListener("click", deleteAccount);
-    confirmStep($("delete-ride"), $("delete-ride-confirm"), () => $("delete-ride-question"), $("delete-ride-no"),
+    confirmStep($("delete-ride"), $("delete-ride-confirm"), $("delete-ride-no"),
       () => `Delete ride #${state.ride.rideId}? Its riders lose their places.`);
     $("delete-ride-yes").addEventListener("click", deleteRide);
     tickClock();

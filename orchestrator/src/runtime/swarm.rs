@@ -197,7 +197,7 @@ impl SwarmWorkers {
     /// list filtered by a service that does not exist).
     async fn tasks_of(&self, service: &str) -> anyhow::Result<Option<Vec<Task>>> {
         match self.docker.inspect_service(service, None).await {
-            Ok(_) => list_tasks(&self.docker, service).await.map(Some),
+            Ok(_) => list_tasks(&self.docker, "service", service).await.map(Some),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("inspecting service {service}")),
         }
@@ -337,7 +337,7 @@ impl SwarmWorkers {
     async fn wait_running(&self, service: &str) -> anyhow::Result<Running> {
         let deadline = tokio::time::Instant::now() + START_WAIT;
         loop {
-            let tasks = list_tasks(&self.docker, service).await?;
+            let tasks = list_tasks(&self.docker, "service", service).await?;
             for task in &tasks {
                 if let Some(running) = running(task) {
                     return Ok(running);
@@ -641,7 +641,7 @@ async fn poll(
         if watched.is_empty() {
             continue;
         }
-        let tasks = match list_worker_tasks(&docker, &prefix).await {
+        let tasks = match list_tasks(&docker, "name", &prefix).await {
             Ok(tasks) => tasks,
             // The daemon restarting: an end must never be reported for a task that runs, so ask again.
             Err(e) => {
@@ -669,34 +669,18 @@ async fn poll(
     }
 }
 
-/// The tasks of every worker service of the namespace, by name prefix (`<namespace>-worker-`): unlike a filter
-/// by service, which the engine refuses whole when one of the services no longer exists, a prefix simply finds
-/// no task for a service that was removed (by the runtime on another node, or by hand), and so its end is seen.
-async fn list_worker_tasks(docker: &Docker, prefix: &str) -> anyhow::Result<Vec<Task>> {
+/// The tasks that match one engine filter: `service` (the tasks of one existing service) or `name` (a prefix;
+/// for every worker of the namespace, `<namespace>-worker-`). Ends are watched by name prefix because the
+/// engine refuses a filter by service whole when one of the services no longer exists, while a prefix simply
+/// finds no task for a service that was removed (by the runtime on another node, or by hand).
+async fn list_tasks(docker: &Docker, filter: &str, value: &str) -> anyhow::Result<Vec<Task>> {
     let options = ListTasksOptions {
-        filters: Some(HashMap::from([(
-            "name".to_owned(),
-            vec![prefix.to_owned()],
-        )])),
+        filters: Some(HashMap::from([(filter.to_owned(), vec![value.to_owned()])])),
     };
     docker
         .list_tasks(Some(options))
         .await
-        .context("listing the workers' tasks")
-}
-
-/// The tasks of one existing service.
-async fn list_tasks(docker: &Docker, service: &str) -> anyhow::Result<Vec<Task>> {
-    let options = ListTasksOptions {
-        filters: Some(HashMap::from([(
-            "service".to_owned(),
-            vec![service.to_owned()],
-        )])),
-    };
-    docker
-        .list_tasks(Some(options))
-        .await
-        .context("listing tasks")
+        .with_context(|| format!("listing the tasks with {filter} {value}"))
 }
 
 async fn list_nodes(
